@@ -1,0 +1,54 @@
+"""The `radstream` console script: one subcommand per process and per operator task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from radstream import __version__
+from radstream.cli import dev, topics
+from radstream.cli.context import set_config
+
+app = typer.Typer(
+    name="radstream",
+    help="Event-driven ML on medical images: DICOM in, Kafka in the middle, Triton models, clinician review.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev.app, name="dev")
+app.add_typer(topics.app, name="topics")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"radstream {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    config: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional at runtime on some versions
+        typer.Option("--config", "-c", help="YAML/JSON config file (also RADSTREAM_CONFIG)", exists=True),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    set_config(config)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings as JSON, secrets masked."""
+    import json
+
+    from radstream.cli.context import settings
+
+    typer.echo(json.dumps(settings().redacted(), indent=2, default=str))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Local infrastructure without Docker: Kafka (KRaft), PostgreSQL, and the tools they need."""

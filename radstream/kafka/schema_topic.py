@@ -1,0 +1,83 @@
+"""The compacted ``<prefix>.schemas`` topic: writers publish their schemas by fingerprint,
+so a reader built before a schema change can still resolve a newer writer's schema."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from radstream.events.schemas import current_schemas
+from radstream.kafka.config import base_config
+from radstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def publish_schemas(settings: Settings, timeout: float = 30.0) -> int:
+    """Publish every current event schema (key = fingerprint). Idempotent under compaction."""
+    producer = Producer({**base_config(settings, "radstream-schemas"), "acks": "all"})
+    topic = settings.topic("schemas")
+    n = 0
+    for sv in current_schemas().values():
+        if sv.schema.get("type") != "record":
+            continue
+        producer.produce(topic, key=sv.fingerprint, value=json.dumps(sv.schema, sort_keys=True).encode())
+        n += 1
+    if producer.flush(timeout) != 0:
+        raise RuntimeError(f"could not publish schemas to {topic} within {timeout:.0f}s")
+    return n
+
+
+class KafkaSchemaLookup:
+    """Reads the schemas topic from the start on a cache miss (rare: once per new writer version)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._known: dict[bytes, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, fingerprint: bytes) -> dict[str, Any] | None:
+        with self._lock:
+            if fingerprint not in self._known:
+                self._refresh()
+            return self._known.get(fingerprint)
+
+    def _refresh(self, timeout: float = 10.0) -> None:
+        topic = self.settings.topic("schemas")
+        consumer = Consumer({
+            **base_config(self.settings, "radstream-schema-lookup"),
+            "group.id": f"radstream-schema-lookup-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        })
+        try:
+            md = consumer.list_topics(topic, timeout=timeout)
+            if topic not in md.topics or md.topics[topic].error is not None:
+                return
+            parts = []
+            for p in md.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                if high > low:
+                    parts.append((p, low, high))
+            consumer.assign([TopicPartition(topic, p, low) for p, low, _ in parts])
+            remaining = {p: high for p, _, high in parts}
+            while remaining:
+                msg = consumer.poll(timeout)
+                if msg is None:
+                    break
+                if msg.error():
+                    continue
+                key, value = msg.key(), msg.value()
+                if isinstance(key, bytes) and value:
+                    try:
+                        self._known[key] = json.loads(value)
+                    except ValueError:
+                        log.warning("ignoring unreadable entry in %s", topic)
+                if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
+                    remaining.pop(msg.partition(), None)
+        finally:
+            consumer.close()

@@ -266,6 +266,7 @@ class InferenceRequested(_RequestFields):
     source_event_id: str
     last_received_at: datetime
     series: list[SelectedSeries]
+    study_date: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -282,6 +283,7 @@ class InferenceCompleted(_RequestFields):
     timings_ms: dict[str, float]
     started_at: datetime
     last_received_at: datetime
+    study_date: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -77,6 +77,23 @@ class WebSettings(BaseModel):
     session_secret: SecretStr = SecretStr("change-me-web-session-secret")
 
 
+class SinkSettings(BaseModel):
+    """The PostgreSQL sinks (results, feedback) and the longitudinal rules they serve."""
+
+    batch_size: int = Field(2000, ge=1, description="most events written in one database transaction")
+    poll_timeout_s: float = Field(0.5, gt=0, description="longest wait for a batch to fill")
+    retry_initial_s: float = Field(0.5, gt=0, description="first back-off after a database error")
+    retry_max_s: float = Field(15.0, gt=0, description="longest back-off between database retries")
+    progression_threshold_pct: dict[str, float] = Field(
+        default_factory=lambda: {"brain-tumour": 25.0},
+        description="per pipeline: volume increase from baseline, in %, that flags progression",
+    )
+    qc_required: list[str] = Field(
+        default_factory=lambda: ["hip-fracture"],
+        description="pipelines whose results reach readers only after a QC approval",
+    )
+
+
 class Settings(BaseSettings):
     """Everything radstream reads from its environment."""
 
@@ -98,6 +115,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    sinks: SinkSettings = Field(default_factory=SinkSettings)
 
     @classmethod
     def settings_customise_sources(

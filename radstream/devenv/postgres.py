@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from radstream.devenv.process import ManagedProcess, port_open, wait_until
 
@@ -35,6 +36,12 @@ def _run_as() -> str | None:
     except KeyError as exc:
         raise RuntimeError("running as root needs the 'postgres' system user (postgresql package)") from exc
     return "postgres"
+
+
+def _drop_privileges() -> dict[str, Any]:
+    """subprocess arguments that run a child as 'postgres' (uid, gid and no root groups)."""
+    user = _run_as()
+    return {} if user is None else {"user": user, "group": user, "extra_groups": []}
 
 
 @dataclass
@@ -68,20 +75,32 @@ class PostgresServer:
             for p in [path, *path.rglob("*")]:
                 os.chown(p, pw.pw_uid, pw.pw_gid)
 
+    def _make_traversable(self) -> None:
+        """The 'postgres' user must reach the data folder: add search (x) permission where missing."""
+        if os.geteuid() != 0:
+            return
+        for parent in self.home.resolve().parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
+
     def _init(self) -> None:
         bindir = pg_bindir()
         self.home.mkdir(parents=True, exist_ok=True)
+        self._make_traversable()
         self.home.resolve().chmod(0o755)
         pwfile = self.home / "pwfile"
         pwfile.write_text(self.password + "\n")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._chown(self.home.resolve())
-        subprocess.run(
+        done = subprocess.run(
             [str(bindir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
              f"--pwfile={pwfile.resolve()}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
-            check=True, capture_output=True, user=_run_as(),
+            capture_output=True, text=True, **_drop_privileges(),
         )
         pwfile.unlink()
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stderr.strip()}")
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as fh:
             fh.write(
@@ -102,7 +121,7 @@ class PostgresServer:
         bindir = pg_bindir()
         self._chown(self.home.resolve())
         argv = [str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
-        self.process.start(argv, user=_run_as())
+        self.process.start(argv, **_drop_privileges())
         wait_until(self.ready, timeout, interval=0.2, what=f"PostgreSQL on {self.host}:{self.port}")
         self._ensure_database()
 

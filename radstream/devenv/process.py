@@ -76,6 +76,8 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         user: str | None = None,
+        group: str | None = None,
+        extra_groups: list[str] | None = None,
     ) -> int:
         existing = self.pid()
         if existing is not None:
@@ -92,6 +94,8 @@ class ManagedProcess:
                 cwd=cwd,
                 start_new_session=True,
                 user=user,
+                group=group,
+                extra_groups=extra_groups,
             )
         self.pid_file.write_text(str(proc.pid))
         return proc.pid

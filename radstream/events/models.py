@@ -8,9 +8,11 @@ drift apart. Timestamps are timezone-aware ``datetime`` values (Avro ``timestamp
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any, ClassVar, Self
 
 
@@ -56,6 +58,7 @@ class Record:
     # field name -> enum class
     ENUMS: ClassVar[dict[str, type[StrEnum]]] = {}
     _FIELD_NAMES: ClassVar[tuple[str, ...]]
+    _GETTER: ClassVar[Callable[[Any], tuple[Any, ...]]]
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -63,10 +66,16 @@ class Record:
         if names is None:
             names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
             cls._FIELD_NAMES = names
+            cls._GETTER = attrgetter(*names)
         return names
 
     def to_avro(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.field_names()}
+        cls = type(self)
+        getter = cls.__dict__.get("_GETTER")
+        if getter is None:
+            cls.field_names()
+            getter = cls._GETTER
+        data = dict(zip(cls._FIELD_NAMES, getter(self), strict=True))
         for name in self.NESTED:
             data[name] = [item.to_avro() for item in data[name]]
         return data
@@ -90,7 +99,7 @@ class Event(Record):
     producer: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class InstanceRef(Record):
     SCHEMA_NAME: ClassVar[str] = "InstanceRef"
     sop_instance_uid: str
@@ -98,8 +107,8 @@ class InstanceRef(Record):
     store_uri: str
     sha256: str
     byte_size: int
-    instance_number: int | None
-    position_along_normal: float | None
+    instance_number: int | None = None
+    position_along_normal: float | None = None
     received_at: datetime
 
 
@@ -134,14 +143,14 @@ class Detection(Record):
     sop_instance_uid: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class SelectedSeries(Record):
     SCHEMA_NAME: ClassVar[str] = "SelectedSeries"
     NESTED: ClassVar[dict[str, type[Record]]] = {"instances": InstanceRef}
     series_instance_uid: str
     revision: int
-    modality: str | None
-    series_description: str | None
+    modality: str | None = None
+    series_description: str | None = None
     instances: list[InstanceRef]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from radstream.events.models import EVENT_TYPES
 from radstream.events.schemas import current_schemas
 from radstream.kafka.config import base_config
 from radstream.settings import Settings
@@ -23,9 +24,9 @@ def publish_schemas(settings: Settings, timeout: float = 30.0) -> int:
     producer = Producer({**base_config(settings, "radstream-schemas"), "acks": "all"})
     topic = settings.topic("schemas")
     n = 0
-    for sv in current_schemas().values():
-        if sv.schema.get("type") != "record":
-            continue
+    schemas = current_schemas()
+    for cls in EVENT_TYPES:
+        sv = schemas[cls.SCHEMA_NAME]
         producer.produce(topic, key=sv.fingerprint, value=json.dumps(sv.schema, sort_keys=True).encode())
         n += 1
     if producer.flush(timeout) != 0:

@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` (the main job, end to end) and `make test`.
+.PHONY: bootstrap demo test test-unit lint typecheck bench down
+
+bootstrap:
+	./scripts/bootstrap.sh
+
+demo: bootstrap
+	.venv/bin/radstream demo
+
+test: bootstrap
+	.venv/bin/pytest -q
+
+test-unit: bootstrap
+	.venv/bin/pytest -q -m unit
+
+lint: bootstrap
+	.venv/bin/ruff check .
+
+typecheck: bootstrap
+	.venv/bin/mypy
+
+down:
+	.venv/bin/radstream dev down

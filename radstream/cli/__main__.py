@@ -1,0 +1,3 @@
+from radstream.cli.main import main
+
+main()

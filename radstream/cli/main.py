@@ -8,7 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from radstream import __version__
+from radstream.cli import db as _db
 from radstream.cli import dev, topics
+from radstream.cli import report as _report
+from radstream.cli import sink as _sink
 from radstream.cli.context import set_config
 
 app = typer.Typer(
@@ -19,6 +22,9 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(topics.app, name="topics")
+app.add_typer(_db.app, name="db")
+app.add_typer(_sink.app, name="sink")
+app.command("report")(_report.report)
 
 
 def _version(value: bool) -> None:

@@ -60,6 +60,48 @@ class DicomSettings(BaseModel):
     allowed_peers: list[str] = Field(default_factory=list)
 
 
+class IngestTlsSettings(BaseModel):
+    """DICOM TLS for the ingest SCP (off unless a certificate is given)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = Field(None, description="CA bundle; with it, clients must present a certificate")
+
+
+class IngestSettings(BaseModel):
+    """The DICOM ingest SCP (``radstream ingest``)."""
+
+    called_ae_titles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="further called AE titles -> pipelines they feed (dicom.ae_title feeds routing rules)",
+    )
+    transfer_syntaxes: list[str] = Field(
+        default_factory=lambda: [
+            "1.2.840.10008.1.2",  # implicit VR little endian
+            "1.2.840.10008.1.2.1",  # explicit VR little endian
+            "1.2.840.10008.1.2.2",  # explicit VR big endian
+            "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+            "1.2.840.10008.1.2.4.50",  # JPEG baseline
+            "1.2.840.10008.1.2.4.51",  # JPEG extended
+            "1.2.840.10008.1.2.4.57",  # JPEG lossless
+            "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+            "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+            "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+            "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+            "1.2.840.10008.1.2.4.91",  # JPEG 2000
+            "1.2.840.10008.1.2.5",  # RLE lossless
+        ],
+        description="transfer syntaxes accepted as sent (never transcoded)",
+    )
+    publish: bool = Field(True, description="publish InstanceReceived; off only for benchmarks")
+    publish_timeout_s: float = Field(5.0, gt=0, description="wait for Kafka's ack before using the outbox")
+    outbox: bool = Field(True, description="queue events durably while Kafka is down (else refuse C-STORE)")
+    linger_ms: float = Field(0.0, ge=0)
+    metrics_port: int = Field(9110, ge=0, description="Prometheus /metrics; 0 = off")
+    metrics_address: str = "127.0.0.1"
+    tls: IngestTlsSettings = Field(default_factory=IngestTlsSettings)
+
+
 class StoreSettings(BaseModel):
     root: Path | None = Field(None, description="folder for instance bytes; default <home>/store")
 
@@ -69,6 +111,27 @@ class TritonSettings(BaseModel):
     http_port: int = 8000
     grpc_port: int = 8001
     protocol: str = "grpc"
+    metrics_port: int = 8002
+    managed: bool = Field(True, description="radstream dev up runs the pytriton server (CPU) when host is local")
+    request_timeout_s: float = Field(60.0, gt=0, description="per inference call")
+    retries: int = Field(5, ge=0, description="retries of a failed call (unavailable server) before giving up")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(8.0, gt=0)
+    model_repository: Path | None = Field(None, description="reference ONNX models; default docker/triton")
+    wait_model_ms: float = Field(50.0, ge=0, description="time the wait_ref benchmark model waits per batch")
+
+
+class InferenceSettings(BaseModel):
+    """Inference workers (``radstream infer --pipeline NAME``)."""
+
+    pipelines_dir: Path | None = Field(None, description="pipeline files; default <project>/pipelines")
+    blinding_salt: SecretStr = SecretStr("change-me-blinding-salt")
+    max_attempts: int = Field(3, ge=1, description="attempts of a request whose failure is retriable")
+    poll_timeout_s: float = Field(1.0, gt=0)
+    pacs_host: str | None = Field(None, description="PACS export destination (C-STORE SCU); unset = off")
+    pacs_port: int = 104
+    pacs_ae_title: str = "PACS"
+    calling_ae_title: str = "RADSTREAM"
 
 
 class WebSettings(BaseModel):
@@ -113,7 +176,9 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
 

@@ -9,7 +9,7 @@ import typer
 
 from radstream import __version__
 from radstream.cli import db as _db
-from radstream.cli import dev, topics
+from radstream.cli import dev, ingest, topics
 from radstream.cli import report as _report
 from radstream.cli import sink as _sink
 from radstream.cli.context import set_config
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(topics.app, name="topics")
+ingest.register(app)
 app.add_typer(_db.app, name="db")
 app.add_typer(_sink.app, name="sink")
 app.command("report")(_report.report)

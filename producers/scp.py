@@ -1,0 +1,300 @@
+"""The ingest SCP: C-ECHO and C-STORE for every storage SOP class, claim check, events.
+
+C-STORE success is answered only after the instance's bytes are fsynced in the store and
+its InstanceReceived event is acknowledged by Kafka or fsynced in the outbox
+(:class:`~radstream.producers.publisher.Publisher`). Bad input is refused with a DIMSE
+failure status, dead-lettered (header bytes only) and logged without PHI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from radstream import __version__
+from radstream.events.models import DeadLetter, InstanceReceived
+from radstream.patient_key import patient_key
+from radstream.producers.header import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    Header,
+    Rejected,
+    floating,
+    floats,
+    header_bytes,
+    integer,
+    read_header,
+    text,
+)
+from radstream.producers.metrics import IngestMetrics
+from radstream.producers.publisher import Publisher, PublishFailed, Route
+from radstream.settings import Settings
+from radstream.store import ContentStore
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "radstream-ingest"
+EVENT_NAMESPACE = uuid.UUID("5b0d3c52-1c1e-4b8e-9a51-6a7c2f0e4d11")
+VERIFICATION_TS = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
+
+# A-ASSOCIATE-RJ: rejected-permanent by the service user, with a diagnostic
+RJ_PERMANENT, RJ_USER = 0x01, 0x01
+DIAG_NONE, DIAG_CALLING, DIAG_CALLED = 0x01, 0x03, 0x07
+
+
+def event_id_for(sop_instance_uid: str, sha256: str) -> str:
+    """The same instance bytes always give the same event id, so resends are dedupable downstream."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{sop_instance_uid}/{sha256}"))
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    tls = settings.ingest.tls
+    if tls.cert_file is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls.ca_file is not None:
+        ctx.load_verify_locations(str(tls.ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class IngestServer:
+    """One SCP process: ``start()``, then ``stop()``."""
+
+    def __init__(self, settings: Settings, metrics: IngestMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or IngestMetrics()
+        self.store = ContentStore.from_settings(settings)
+        self.publisher: Publisher | None = Publisher(settings, self.metrics) if settings.ingest.publish else None
+        self._secret = settings.site_secret.get_secret_value().encode()
+        self.called_ae_titles: dict[str, list[str]] = {
+            settings.dicom.ae_title: [], **settings.ingest.called_ae_titles
+        }
+        self.allowed_calling = {t.strip() for t in settings.dicom.allowed_calling_ae_titles}
+        self.allowed_networks = [ipaddress.ip_network(p, strict=False) for p in settings.dicom.allowed_peers]
+        self.topic = settings.topic("instances")
+        self.deadletter_topic = settings.topic("deadletter")
+        self.producer_name = f"{COMPONENT}/{__version__}"
+        self.server: ThreadedAssociationServer | None = None
+        self._sweeper = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    # --- lifecycle ---
+
+    def build_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.dicom.ae_title)
+        ae.maximum_pdu_size = self.settings.dicom.max_pdu_size
+        ae.maximum_associations = self.settings.dicom.max_associations
+        ae.require_called_aet = False  # checked against all configured titles in _on_requested
+        syntaxes = list(self.settings.ingest.transfer_syntaxes)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
+        ae.add_supported_context(Verification, VERIFICATION_TS)
+        return ae
+
+    def start(self) -> None:
+        # Stream each data set to a file in the store's incoming folder (same filesystem:
+        # storing it is an fsync and a hard link, never a copy or an in-memory buffer).
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.store.incoming)
+        logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
+        removed = self.store.sweep_incoming(older_than_s=3600)
+        if removed:
+            log.info("removed %d partial files left in %s", removed, self.store.incoming)
+        if self.publisher is not None:
+            self.publisher.start()
+        self.metrics.serve(self.settings.ingest.metrics_port, self.settings.ingest.metrics_address)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        ae = self.build_ae()
+        address = (self.settings.dicom.bind_address, self.settings.dicom.port)
+        self.server = ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=tls_context(self.settings))
+        threading.Thread(target=self._sweep_loop, name="ingest-sweep", daemon=True).start()
+        log.info(
+            "ingest SCP listening on %s:%d, AE titles %s, publishing %s",
+            address[0], address[1], sorted(self.called_ae_titles), "on" if self.publisher else "OFF",
+        )
+
+    def stop(self) -> None:
+        self._sweeper.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        if self.publisher is not None:
+            self.publisher.close()
+
+    def _sweep_loop(self) -> None:
+        while not self._sweeper.wait(600):
+            self.store.sweep_incoming(older_than_s=3600)
+
+    # --- association control ---
+
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        called = str(primitive.called_ae_title).strip()
+        calling = str(primitive.calling_ae_title).strip()
+        peer = str(assoc.requestor.address)
+        diagnostic = None
+        if called not in self.called_ae_titles:
+            diagnostic, why = DIAG_CALLED, "called AE title not served"
+        elif self.allowed_calling and calling not in self.allowed_calling:
+            diagnostic, why = DIAG_CALLING, "calling AE title not allowed"
+        elif self.allowed_networks and not self._peer_allowed(peer):
+            diagnostic, why = DIAG_NONE, "peer address not allowed"
+        if diagnostic is not None:
+            log.warning("rejected association from %s (%s) to %s: %s", calling, peer, called, why)
+            self.metrics.associations.labels("rejected").inc()
+            assoc.acse.send_reject(RJ_PERMANENT, RJ_USER, diagnostic)
+            return
+        self.metrics.associations.labels("accepted").inc()
+
+    def _peer_allowed(self, peer: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.allowed_networks)
+
+    def _on_aborted(self, event: evt.Event) -> None:
+        self.metrics.associations.labels("aborted").inc()
+        log.warning("association from %s (%s) aborted", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+
+    def _on_echo(self, event: evt.Event) -> int:
+        self.metrics.echoes.inc()
+        return SUCCESS
+
+    # --- C-STORE ---
+
+    def _on_store(self, event: evt.Event) -> int:
+        assoc = event.assoc
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        calling = str(assoc.requestor.ae_title).strip()
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        req = event.request
+        path: Path | None = None
+        pixel_offset: int | None = None
+        try:
+            try:
+                path = Path(event.dataset_path)
+            except Exception as exc:
+                raise Rejected(CANNOT_UNDERSTAND, "C-STORE request without a data set") from exc
+            started = time.perf_counter()
+            size = path.stat().st_size
+            header = read_header(path, str(req.AffectedSOPClassUID or ""), str(req.AffectedSOPInstanceUID or ""), size)
+            pixel_offset = header.layout.pixel_data_offset
+            try:
+                stored = self.store.add_file(path)
+            except OSError as exc:
+                log.error("store write failed (%s); answering 0xA700", type(exc).__name__)
+                self.metrics.failures.labels(f"0x{OUT_OF_RESOURCES:04X}").inc()
+                return OUT_OF_RESOURCES
+            self.metrics.store_seconds.observe(time.perf_counter() - started)
+            if stored.existed:
+                self.metrics.duplicates.inc()
+            received = self._event(header, stored.sha256, stored.byte_size, stored.uri, calling, called, peer)
+            route = Route.OFF
+            if self.publisher is not None:
+                try:
+                    route = self.publisher.publish(self.topic, received.patient_key, received)
+                except PublishFailed as exc:
+                    log.error("event not published nor queued (%s); answering 0xA700", exc)
+                    self.metrics.failures.labels(f"0x{OUT_OF_RESOURCES:04X}").inc()
+                    return OUT_OF_RESOURCES
+            self.metrics.instances.labels(called).inc()
+            self.metrics.bytes.labels(called).inc(stored.byte_size)
+            log.debug("stored %s bytes=%d route=%s", header.sop_instance_uid, stored.byte_size, route.value)
+            return SUCCESS
+        except Rejected as rej:
+            self._reject(rej, path, pixel_offset, calling, called, peer)
+            return rej.status
+
+    def _event(
+        self, h: Header, sha: str, size: int, uri: str, calling: str, called: str, peer: str
+    ) -> InstanceReceived:
+        ds = h.dataset
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        return InstanceReceived(
+            event_id=event_id_for(h.sop_instance_uid, sha),
+            occurred_at=now,
+            producer=self.producer_name,
+            patient_key=patient_key(self._secret, text(ds, "PatientID"), text(ds, "IssuerOfPatientID")),
+            sop_class_uid=h.sop_class_uid,
+            sop_instance_uid=h.sop_instance_uid,
+            series_instance_uid=h.series_instance_uid,
+            study_instance_uid=h.study_instance_uid,
+            accession_number=text(ds, "AccessionNumber"),
+            modality=text(ds, "Modality"),
+            body_part_examined=text(ds, "BodyPartExamined"),
+            series_description=text(ds, "SeriesDescription"),
+            series_number=integer(ds, "SeriesNumber"),
+            instance_number=integer(ds, "InstanceNumber"),
+            image_position_patient=floats(ds, "ImagePositionPatient"),
+            image_orientation_patient=floats(ds, "ImageOrientationPatient"),
+            pixel_spacing=floats(ds, "PixelSpacing"),
+            slice_thickness=floating(ds, "SliceThickness"),
+            rows=integer(ds, "Rows"),
+            columns=integer(ds, "Columns"),
+            number_of_frames=integer(ds, "NumberOfFrames"),
+            station_name=text(ds, "StationName"),
+            manufacturer=text(ds, "Manufacturer"),
+            study_date=text(ds, "StudyDate"),
+            calling_ae_title=calling,
+            called_ae_title=called,
+            peer_address=peer,
+            transfer_syntax_uid=h.transfer_syntax_uid,
+            byte_size=size,
+            sha256=sha,
+            store_uri=uri,
+            received_at=now,
+        )
+
+    def _reject(
+        self, rej: Rejected, path: Path | None, pixel_offset: int | None, calling: str, called: str, peer: str
+    ) -> None:
+        status = f"0x{rej.status:04X}"
+        self.metrics.failures.labels(status).inc()
+        log.warning("refused C-STORE from %s (%s) to %s with %s: %s", calling, peer, called, status, rej.reason)
+        payload = header_bytes(path, pixel_offset) if path is not None else b""
+        letter = DeadLetter(
+            producer=self.producer_name,
+            source_topic=f"dicom:{called}",
+            source_partition=-1,
+            source_offset=-1,
+            source_key=None,
+            payload=payload,
+            error_type=f"DIMSE {status}",
+            error=f"{rej.reason} (calling AE {calling}, peer {peer})",
+            component="ingest",
+        )
+        if self.publisher is not None:
+            try:
+                self.publisher.publish_deadletter(self.deadletter_topic, None, letter)
+                self.metrics.deadletters.inc()
+            except Exception as exc:
+                log.error("dead letter not written: %s", type(exc).__name__)

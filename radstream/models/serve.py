@@ -1,0 +1,160 @@
+"""Serve the reference models with a real Triton Inference Server on the CPU (nvidia-pytriton).
+
+Each ONNX model from the model repository is loaded into an onnxruntime session and bound to
+Triton through pytriton; clients speak Triton's ordinary HTTP/gRPC protocols, so the same
+clients work against NVIDIA's container serving ``docker/triton`` on a GPU.
+
+Triton's Python-backend stub must find the *running* interpreter's ``libpython3.X.so``:
+:func:`libpython_env` gives the ``LD_LIBRARY_PATH`` for that, and :func:`serve` re-executes
+itself once with it set when it is missing (it must be set before the process starts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radstream.models.specs import REFERENCE_MODELS, WAIT_MODEL, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def libpython_dir() -> str:
+    return str(sysconfig.get_config_var("LIBDIR"))
+
+
+def libpython_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: os.environ) with the interpreter's libpython directory first in LD_LIBRARY_PATH."""
+    env = dict(os.environ if base is None else base)
+    lib = libpython_dir()
+    parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
+    if not parts or parts[0] != lib:
+        env["LD_LIBRARY_PATH"] = ":".join([lib, *[p for p in parts if p != lib]])
+    return env
+
+
+@dataclass
+class ServeOptions:
+    repository: Path
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    wait_ms: float = 50.0
+    wait_max_batch: int = 16
+    wait_queue_delay_us: int = 2000
+    ort_threads: int = 1
+    workspace: Path | None = None
+
+
+def _onnx_infer(spec: ModelSpec, model_path: Path, threads: int) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
+    in_name, out_name = spec.inputs[0].name, spec.outputs[0].name
+
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        return [{out_name: session.run([out_name], {in_name: np.asarray(r[in_name], dtype=np.float32)})[0]}
+                for r in requests]
+
+    return infer
+
+
+def _wait_infer(wait_s: float) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        time.sleep(wait_s)  # stands in for time spent waiting on a busy accelerator
+        return [{"y": np.asarray(r["x"], dtype=np.float32)} for r in requests]
+
+    return infer
+
+
+def _tensor(name: str, dtype: str, dims: Sequence[int]) -> Any:
+    from pytriton.model_config import Tensor
+
+    return Tensor(name=name, dtype=np.dtype(dtype).type, shape=tuple(dims))
+
+
+def ensure_repository(repository: Path) -> None:
+    missing = [s for s in REFERENCE_MODELS if not (repository / s.name / s.version / "model.onnx").exists()]
+    if missing:
+        from radstream.models.build import build_repository
+
+        build_repository(repository)
+
+
+def serve(opts: ServeOptions) -> None:
+    """Run Triton in the foreground until SIGTERM/SIGINT."""
+    if os.environ.get("LD_LIBRARY_PATH", "").split(":")[0] != libpython_dir():
+        # the stub reads LD_LIBRARY_PATH at its own start; set it for this process and re-exec once
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], libpython_env())
+    from pytriton.model_config import DynamicBatcher, ModelConfig
+    from pytriton.triton import Triton, TritonConfig
+
+    ensure_repository(opts.repository)
+    if opts.workspace is not None and opts.workspace.exists():
+        import shutil
+
+        shutil.rmtree(opts.workspace)  # left by a killed server; pytriton wants to create it
+    config = TritonConfig(
+        http_address=opts.host, http_port=opts.http_port, grpc_address=opts.host, grpc_port=opts.grpc_port,
+        metrics_port=opts.metrics_port, metrics_address=opts.host, allow_gpu_metrics=False,
+        exit_on_error=True, log_verbose=0,
+    )
+    with Triton(config=config, workspace=opts.workspace) as triton:
+        for spec in REFERENCE_MODELS:
+            path = opts.repository / spec.name / spec.version / "model.onnx"
+            triton.bind(
+                model_name=spec.name,
+                infer_func=_onnx_infer(spec, path, opts.ort_threads),
+                inputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.inputs],
+                outputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.outputs],
+                model_version=int(spec.version),
+                config=ModelConfig(batching=False),
+                strict=True,
+            )
+        # the wait model batches concurrent requests and waits once per batch, as a busy GPU does
+        triton.bind(
+            model_name=WAIT_MODEL,
+            infer_func=_wait_infer(opts.wait_ms / 1000.0),
+            inputs=[_tensor("x", "float32", (-1,))],
+            outputs=[_tensor("y", "float32", (-1,))],
+            config=ModelConfig(batching=True, max_batch_size=opts.wait_max_batch,
+                               batcher=DynamicBatcher(max_queue_delay_microseconds=opts.wait_queue_delay_us)),
+        )
+        log.info("triton serving reference models on http %d / grpc %d", opts.http_port, opts.grpc_port)
+        triton.serve()
+
+
+def main() -> None:
+    import argparse
+
+    from radstream.models.build import DEFAULT_REPOSITORY
+
+    ap = argparse.ArgumentParser(description="Triton (pytriton, CPU) serving the radstream reference models")
+    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--http-port", type=int, default=8000)
+    ap.add_argument("--grpc-port", type=int, default=8001)
+    ap.add_argument("--metrics-port", type=int, default=8002)
+    ap.add_argument("--wait-ms", type=float, default=50.0)
+    ap.add_argument("--workspace", type=Path, default=None)
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    serve(ServeOptions(repository=a.repository, http_port=a.http_port, grpc_port=a.grpc_port,
+                       metrics_port=a.metrics_port, host=a.host, wait_ms=a.wait_ms, workspace=a.workspace))
+
+
+if __name__ == "__main__":
+    main()

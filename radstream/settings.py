@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -157,6 +157,84 @@ class SinkSettings(BaseModel):
     )
 
 
+class ObservabilitySettings(BaseModel):
+    """Prometheus /metrics, /healthz and /readyz of every process (radstream.observability)."""
+
+    address: str = Field("127.0.0.1", description="bind address of /metrics and health (0.0.0.0 in containers)")
+    ports: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_METRICS_PORTS),
+        description="per process (ingest, aggregate, dispatch, infer, sink_results, sink_feedback, web, replay, "
+        "triton): port of /metrics and the health endpoints; 0 = off; entries given are merged over the defaults",
+    )
+    readiness_timeout_s: float = Field(2.0, gt=0, description="time each readiness check may take")
+    liveness_stale_s: float = Field(120.0, gt=0, description="/healthz fails when the main loop beat is older")
+
+    @field_validator("ports", mode="after")
+    @classmethod
+    def _merge_default_ports(cls, value: dict[str, int]) -> dict[str, int]:
+        return {**DEFAULT_METRICS_PORTS, **value}
+
+    def port_for(self, component: str) -> int:
+        return self.ports.get(component, 0)
+
+
+DEFAULT_METRICS_PORTS: dict[str, int] = {
+    "ingest": 9110,
+    "aggregate": 9111,
+    "dispatch": 9112,
+    "infer": 9113,
+    "sink_results": 9114,
+    "sink_feedback": 9115,
+    "web": 9116,
+    "replay": 9117,
+    "triton": 9118,
+}
+
+
+class _FileEnvSource(PydanticBaseSettingsSource):
+    """``RADSTREAM_<NAME>_FILE=/run/secrets/x``: the value of ``RADSTREAM_<NAME>`` is read from that file.
+
+    Docker and Kubernetes secrets arrive as files; this keeps them out of the environment.
+    Nested names work as for plain variables (``RADSTREAM_POSTGRES__PASSWORD_FILE``). A plain
+    variable wins over its ``_FILE`` form; a ``_FILE`` naming a missing file is an error.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        prefix, suffix = "RADSTREAM_", "_FILE"
+        out: dict[str, Any] = {}
+        for name, path in os.environ.items():
+            upper = name.upper()
+            if not upper.startswith(prefix) or not upper.endswith(suffix) or upper == "RADSTREAM_CONFIG_FILE":
+                continue
+            if upper[: -len(suffix)] in {k.upper() for k in os.environ}:
+                continue
+            parts = [p.lower() for p in name[len(prefix): -len(suffix)].split("__") if p]
+            if not parts or not _is_secret_target(self.settings_cls, parts):
+                continue
+            value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            node = out
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = value
+        return out
+
+
+def _is_secret_target(model: type[BaseModel], parts: list[str]) -> bool:
+    """True when ``parts`` names a field (not itself a ``*_file`` field such as ``tls.cert_file``)."""
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if i == len(parts) - 1:
+            return part in fields and f"{part}_file" not in fields
+        ann = fields[part].annotation if part in fields else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return False
+        model = ann
+    return False
+
+
 class Settings(BaseSettings):
     """Everything radstream reads from its environment."""
 
@@ -181,6 +259,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @classmethod
     def settings_customise_sources(
@@ -191,8 +270,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init (explicit / config file) < env: environment variables win over the file.
-        return (env_settings, init_settings, file_secret_settings)
+        # init (explicit / config file) < *_FILE secrets < env: environment variables win over the file.
+        return (env_settings, _FileEnvSource(settings_cls), init_settings, file_secret_settings)
 
     @property
     def store_root(self) -> Path:

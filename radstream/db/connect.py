@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from pydantic import SecretStr
 
 from radstream.settings import Settings
 
@@ -12,8 +13,12 @@ from radstream.settings import Settings
 def connect(
     settings: Settings, *, autocommit: bool = False, connect_timeout: int = 5, **kwargs: Any
 ) -> psycopg.Connection[Any]:
-    """A new connection to the configured database (password from settings, never logged)."""
+    """A new connection to the configured database (the password comes from settings, never logged)."""
+    pg = settings.postgres
+    # tolerate a plain str password (model_copy(update=...) skips validation)
+    password = pg.password.get_secret_value() if isinstance(pg.password, SecretStr) else str(pg.password)
     return psycopg.connect(
-        settings.postgres.conninfo(), autocommit=autocommit, connect_timeout=connect_timeout,
+        host=pg.host, port=pg.port, user=pg.user, password=password, dbname=pg.database,
+        autocommit=autocommit, connect_timeout=connect_timeout,
         application_name=kwargs.pop("application_name", "radstream"), **kwargs,
     )

@@ -1,0 +1,332 @@
+"""Grouping of instances into series and studies: a pure state machine per patient key.
+
+No Kafka here. Time comes from the caller (``now``, seconds since the epoch), so tests drive
+it with a fake clock and the worker with ``time.time``. The rules:
+
+- an instance is deduplicated by SOP Instance UID (within the patient);
+- a series is identified by (Study Instance UID, Series Instance UID), so one Series Instance
+  UID that turns up under two studies is completed once per study;
+- a series closes after its quiet period (no instance for ``series_quiet_s``) or when it has
+  been open for ``max_age_s`` (``MAX_AGE``);
+- the patient's open studies close after the patient-level quiet period (no instance for the
+  patient for ``patient_quiet_s``); series still open then close with ``STUDY_COMPLETE``;
+- an instance for a closed series re-opens it; it closes again after the quiet period and is
+  re-emitted with ``revision + 1`` and ``LATE_DATA`` (its study likewise);
+- quiet periods are per called AE title (:class:`TimeoutPolicy`);
+- instances are ordered for reconstruction: position along the slice normal, then number.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from radstream import __version__
+from radstream.events.models import (
+    CompletionReason,
+    Event,
+    InstanceReceived,
+    InstanceRef,
+    SeriesCompleted,
+    SeriesSummary,
+    StudyCompleted,
+)
+from radstream.settings import AggregatorSettings
+
+PRODUCER = f"radstream-aggregator/{__version__}"
+_EVENT_NS = uuid.UUID("5f0c2b1e-52a4-4f8e-9d0b-7a61c2d1a9e3")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    series_quiet_s: float = 60.0
+    patient_quiet_s: float = 60.0
+    max_age_s: float = 4 * 3600.0
+
+
+class TimeoutPolicy:
+    """Quiet periods per called AE title, falling back to the defaults."""
+
+    def __init__(self, default: Timeouts, overrides: dict[str, Timeouts] | None = None,
+                 retain_closed_s: float = 24 * 3600.0) -> None:
+        self.default = default
+        self.overrides = {k.strip().upper(): v for k, v in (overrides or {}).items()}
+        self.retain_closed_s = retain_closed_s
+
+    def for_ae(self, called_ae_title: str | None) -> Timeouts:
+        if called_ae_title:
+            return self.overrides.get(called_ae_title.strip().upper(), self.default)
+        return self.default
+
+    @classmethod
+    def from_settings(cls, s: AggregatorSettings) -> TimeoutPolicy:
+        default = Timeouts(s.series_quiet_s, s.patient_quiet_s, s.max_age_s)
+        overrides = {
+            ae: Timeouts(
+                o.series_quiet_s if o.series_quiet_s is not None else default.series_quiet_s,
+                o.patient_quiet_s if o.patient_quiet_s is not None else default.patient_quiet_s,
+                o.max_age_s if o.max_age_s is not None else default.max_age_s,
+            )
+            for ae, o in s.overrides.items()
+        }
+        return cls(default, overrides, s.retain_closed_s)
+
+
+def position_along_normal(ipp: list[float] | None, iop: list[float] | None) -> float | None:
+    """dot(ImagePositionPatient, row x column): the slice's position along its normal."""
+    if not ipp or not iop or len(ipp) != 3 or len(iop) != 6:
+        return None
+    r, c = iop[:3], iop[3:]
+    n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    return float(ipp[0] * n[0] + ipp[1] * n[1] + ipp[2] * n[2])
+
+
+def reconstruction_order(instances: Iterable[InstanceRef]) -> list[InstanceRef]:
+    """Sorted by position along the normal, then instance number (missing values last)."""
+    def key(i: InstanceRef) -> tuple[bool, float, bool, int, str]:
+        pos, num = i.position_along_normal, i.instance_number
+        return (pos is None, pos if pos is not None else 0.0, num is None,
+                num if num is not None else 0, i.sop_instance_uid)
+
+    return sorted(instances, key=key)
+
+
+def _dt(t: float) -> datetime:
+    return datetime.fromtimestamp(round(t, 3), UTC)
+
+
+class AddOutcome(StrEnum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    LATE = "late"  # re-opened a closed series or study
+
+
+@dataclass(slots=True)
+class SeriesState:
+    study_uid: str
+    series_uid: str
+    called_ae_title: str
+    calling_ae_title: str
+    accession_number: str | None = None
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    series_number: int | None = None
+    image_orientation_patient: list[float] | None = None
+    slice_thickness: float | None = None
+    station_name: str | None = None
+    instances: dict[str, InstanceRef] = field(default_factory=dict)
+    first_received_at: datetime | None = None
+    last_received_at: datetime | None = None
+    opened_at: float = 0.0
+    last_seen: float = 0.0
+    revision: int = -1  # last emitted revision; -1: never emitted
+    open: bool = True
+    late: bool = False
+    closed_at: float | None = None
+
+
+@dataclass(slots=True)
+class StudyState:
+    study_uid: str
+    called_ae_title: str
+    calling_ae_title: str
+    accession_number: str | None = None
+    study_date: str | None = None
+    series_keys: list[tuple[str, str]] = field(default_factory=list)
+    first_received_at: datetime | None = None
+    last_received_at: datetime | None = None
+    opened_at: float = 0.0
+    revision: int = -1
+    open: bool = True
+    late: bool = False
+    closed_at: float | None = None
+
+
+@dataclass(slots=True)
+class PatientState:
+    key: str
+    last_seen: float = 0.0
+    studies: dict[str, StudyState] = field(default_factory=dict)
+    series: dict[tuple[str, str], SeriesState] = field(default_factory=dict)
+    sops: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # what changed since the owner last persisted this patient
+    dirty_series: set[tuple[str, str]] = field(default_factory=set)
+    dirty_meta: bool = False
+
+    def index(self) -> None:
+        self.sops = {sop: sk for sk, s in self.series.items() for sop in s.instances}
+
+
+class Aggregator:
+    """All patients of one worker (or one partition): add instances, expire deadlines."""
+
+    def __init__(self, policy: TimeoutPolicy, producer: str = PRODUCER) -> None:
+        self.policy = policy
+        self.producer = producer
+        self.patients: dict[str, PatientState] = {}
+        # patients dropped (retention over) since the owner last looked: key -> their series keys
+        self.purged: dict[str, list[tuple[str, str]]] = {}
+
+    # -- input -----------------------------------------------------------------------------
+    def add(self, ev: InstanceReceived, now: float) -> AddOutcome:
+        p = self.patients.get(ev.patient_key)
+        if p is None:
+            p = self.patients[ev.patient_key] = PatientState(ev.patient_key)
+            self.purged.pop(ev.patient_key, None)
+        if ev.sop_instance_uid in p.sops:
+            return AddOutcome.DUPLICATE
+        outcome = AddOutcome.NEW
+        sk = (ev.study_instance_uid, ev.series_instance_uid)
+        study = p.studies.get(ev.study_instance_uid)
+        if study is None:
+            study = p.studies[ev.study_instance_uid] = StudyState(
+                ev.study_instance_uid, ev.called_ae_title, ev.calling_ae_title, ev.accession_number,
+                ev.study_date, opened_at=now)
+        elif not study.open:
+            study.open, study.late, study.opened_at, study.closed_at = True, True, now, None
+            outcome = AddOutcome.LATE
+        s = p.series.get(sk)
+        if s is None:
+            s = p.series[sk] = SeriesState(
+                ev.study_instance_uid, ev.series_instance_uid, ev.called_ae_title, ev.calling_ae_title,
+                ev.accession_number, ev.modality, ev.body_part_examined, ev.series_description,
+                ev.series_number, ev.image_orientation_patient, ev.slice_thickness, ev.station_name,
+                opened_at=now)
+            study.series_keys.append(sk)
+        elif not s.open:
+            s.open, s.late, s.opened_at, s.closed_at = True, True, now, None
+            outcome = AddOutcome.LATE
+        s.instances[ev.sop_instance_uid] = InstanceRef(
+            sop_instance_uid=ev.sop_instance_uid, sop_class_uid=ev.sop_class_uid, store_uri=ev.store_uri,
+            sha256=ev.sha256, byte_size=ev.byte_size, instance_number=ev.instance_number,
+            position_along_normal=position_along_normal(ev.image_position_patient, ev.image_orientation_patient),
+            received_at=ev.received_at)
+        for holder in (s, study):
+            if holder.first_received_at is None or ev.received_at < holder.first_received_at:
+                holder.first_received_at = ev.received_at
+            if holder.last_received_at is None or ev.received_at > holder.last_received_at:
+                holder.last_received_at = ev.received_at
+        s.last_seen = now
+        p.last_seen = now
+        p.sops[ev.sop_instance_uid] = sk
+        p.dirty_series.add(sk)
+        p.dirty_meta = True
+        return outcome
+
+    # -- time ------------------------------------------------------------------------------
+    def deadline(self, key: str) -> float | None:
+        """When :meth:`expire` next has something to do for this patient (None: nothing)."""
+        p = self.patients.get(key)
+        if p is None:
+            return None
+        times: list[float] = []
+        for s in p.series.values():
+            if s.open:
+                t = self.policy.for_ae(s.called_ae_title)
+                times.append(min(s.last_seen + t.series_quiet_s, s.opened_at + t.max_age_s))
+        for st in p.studies.values():
+            if st.open:
+                t = self.policy.for_ae(st.called_ae_title)
+                times.append(min(p.last_seen + t.patient_quiet_s, st.opened_at + t.max_age_s))
+        if not times:
+            return p.last_seen + self.policy.retain_closed_s
+        return min(times)
+
+    def due(self, now: float) -> list[str]:
+        return [k for k in self.patients if (d := self.deadline(k)) is not None and d <= now]
+
+    def expire(self, key: str, now: float) -> list[Event]:
+        """Close what is due for one patient; returns the events to emit, in order."""
+        p = self.patients.get(key)
+        if p is None:
+            return []
+        out: list[Event] = []
+        for s in p.series.values():
+            if not s.open:
+                continue
+            t = self.policy.for_ae(s.called_ae_title)
+            if now >= s.last_seen + t.series_quiet_s:
+                out.append(self._close_series(p, s, now, CompletionReason.QUIET_PERIOD))
+            elif now >= s.opened_at + t.max_age_s:
+                out.append(self._close_series(p, s, now, CompletionReason.MAX_AGE))
+        for st in p.studies.values():
+            if not st.open:
+                continue
+            t = self.policy.for_ae(st.called_ae_title)
+            if now >= p.last_seen + t.patient_quiet_s:
+                reason = CompletionReason.QUIET_PERIOD
+            elif now >= st.opened_at + t.max_age_s:
+                reason = CompletionReason.MAX_AGE
+            else:
+                continue
+            for sk in st.series_keys:
+                s = p.series[sk]
+                if s.open:
+                    sr = CompletionReason.MAX_AGE if reason is CompletionReason.MAX_AGE \
+                        else CompletionReason.STUDY_COMPLETE
+                    out.append(self._close_series(p, s, now, sr))
+            out.append(self._close_study(p, st, now, reason))
+        if (not any(s.open for s in p.series.values()) and not any(st.open for st in p.studies.values())
+                and now >= p.last_seen + self.policy.retain_closed_s):
+            del self.patients[key]
+            self.purged[key] = list(p.series)
+        return out
+
+    def expire_due(self, now: float) -> list[Event]:
+        out: list[Event] = []
+        for key in self.due(now):
+            out.extend(self.expire(key, now))
+        return out
+
+    # -- emission --------------------------------------------------------------------------
+    def _close_series(self, p: PatientState, s: SeriesState, now: float,
+                      reason: CompletionReason) -> SeriesCompleted:
+        s.revision += 1
+        if s.late:
+            reason = CompletionReason.LATE_DATA
+        s.open, s.late, s.closed_at = False, False, now
+        p.dirty_series.add((s.study_uid, s.series_uid))
+        p.dirty_meta = True
+        assert s.first_received_at is not None and s.last_received_at is not None
+        return SeriesCompleted(
+            event_id=str(uuid.uuid5(_EVENT_NS, f"series|{p.key}|{s.study_uid}|{s.series_uid}|{s.revision}")),
+            occurred_at=_dt(now), producer=self.producer, patient_key=p.key,
+            study_instance_uid=s.study_uid, series_instance_uid=s.series_uid, revision=s.revision,
+            reason=reason, accession_number=s.accession_number, modality=s.modality,
+            body_part_examined=s.body_part_examined, series_description=s.series_description,
+            series_number=s.series_number, image_orientation_patient=s.image_orientation_patient,
+            slice_thickness=s.slice_thickness, station_name=s.station_name,
+            calling_ae_title=s.calling_ae_title, called_ae_title=s.called_ae_title,
+            first_received_at=s.first_received_at, last_received_at=s.last_received_at,
+            instances=reconstruction_order(s.instances.values()),
+        )
+
+    def _close_study(self, p: PatientState, st: StudyState, now: float,
+                     reason: CompletionReason) -> StudyCompleted:
+        st.revision += 1
+        if st.late:
+            reason = CompletionReason.LATE_DATA
+        st.open, st.late, st.closed_at = False, False, now
+        p.dirty_meta = True
+        assert st.first_received_at is not None and st.last_received_at is not None
+        summaries = []
+        for sk in st.series_keys:
+            s = p.series[sk]
+            summaries.append(SeriesSummary(
+                series_instance_uid=s.series_uid, revision=s.revision, instance_count=len(s.instances),
+                modality=s.modality, series_description=s.series_description, series_number=s.series_number,
+                body_part_examined=s.body_part_examined))
+        summaries.sort(key=lambda x: (x.series_number is None, x.series_number or 0, x.series_instance_uid))
+        return StudyCompleted(
+            event_id=str(uuid.uuid5(_EVENT_NS, f"study|{p.key}|{st.study_uid}|{st.revision}")),
+            occurred_at=_dt(now), producer=self.producer, patient_key=p.key,
+            study_instance_uid=st.study_uid, revision=st.revision, reason=reason,
+            accession_number=st.accession_number, study_date=st.study_date,
+            calling_ae_title=st.calling_ae_title, called_ae_title=st.called_ae_title,
+            first_received_at=st.first_received_at, last_received_at=st.last_received_at,
+            series=summaries,
+        )

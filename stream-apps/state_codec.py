@@ -1,0 +1,121 @@
+"""Changelog records of the aggregator's state: one record per patient plus one per series.
+
+Keys: ``<patient key>`` for the patient's studies and times, ``<patient key>\\x1f<study>\\x1f<series>``
+for a series with its instances. Values are compact JSON; ``None`` (a tombstone) deletes.
+Writing one record per changed series (not the whole patient) keeps each write bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from radstream.events.models import InstanceRef
+from radstream.stream_apps.grouping import PatientState, SeriesState, StudyState
+
+SEP = "\x1f"
+
+
+def _ms(d: datetime | None) -> int | None:
+    return None if d is None else int(d.timestamp() * 1000)
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def series_key(patient: str, sk: tuple[str, str]) -> str:
+    return f"{patient}{SEP}{sk[0]}{SEP}{sk[1]}"
+
+
+def encode_meta(p: PatientState) -> bytes:
+    studies = [
+        [st.study_uid, st.called_ae_title, st.calling_ae_title, st.accession_number, st.study_date,
+         [list(k) for k in st.series_keys], _ms(st.first_received_at), _ms(st.last_received_at),
+         st.opened_at, st.revision, st.open, st.late, st.closed_at]
+        for st in p.studies.values()
+    ]
+    return json.dumps({"v": 1, "last_seen": p.last_seen, "studies": studies}, separators=(",", ":")).encode()
+
+
+def encode_series(s: SeriesState) -> bytes:
+    inst = [
+        [i.sop_instance_uid, i.sop_class_uid, i.store_uri, i.sha256, i.byte_size, i.instance_number,
+         i.position_along_normal, _ms(i.received_at)]
+        for i in s.instances.values()
+    ]
+    data = [s.study_uid, s.series_uid, s.called_ae_title, s.calling_ae_title, s.accession_number, s.modality,
+            s.body_part_examined, s.series_description, s.series_number, s.image_orientation_patient,
+            s.slice_thickness, s.station_name, _ms(s.first_received_at), _ms(s.last_received_at), s.opened_at,
+            s.last_seen, s.revision, s.open, s.late, s.closed_at, inst]
+    return json.dumps({"v": 1, "s": data}, separators=(",", ":")).encode()
+
+
+def decode_study(row: list[Any]) -> StudyState:
+    (uid, called, calling, acc, date, keys, first, last, opened, rev, is_open, late, closed) = row
+    return StudyState(uid, called, calling, acc, date, [(k[0], k[1]) for k in keys], _dt(first), _dt(last),
+                      opened, rev, is_open, late, closed)
+
+
+def decode_series(value: bytes) -> SeriesState:
+    (study, series, called, calling, acc, modality, body, desc, number, iop, thick, station, first, last,
+     opened, last_seen, rev, is_open, late, closed, inst) = json.loads(value)["s"]
+    instances = {}
+    for sop, cls, uri, sha, size, num, pos, recv in inst:
+        received = _dt(recv)
+        assert received is not None
+        instances[sop] = InstanceRef(sop_instance_uid=sop, sop_class_uid=cls, store_uri=uri, sha256=sha,
+                                     byte_size=size, instance_number=num, position_along_normal=pos,
+                                     received_at=received)
+    return SeriesState(study, series, called, calling, acc, modality, body, desc, number, iop, thick, station,
+                       instances, _dt(first), _dt(last), opened, last_seen, rev, is_open, late, closed)
+
+
+class StateRestorer:
+    """Rebuilds patients from changelog records read in offset order (last record per key wins)."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, bytes] = {}
+        self.series: dict[str, dict[tuple[str, str], bytes]] = {}
+
+    def apply(self, key: str, value: bytes | None) -> None:
+        if SEP in key:
+            patient, study, series = key.split(SEP, 2)
+            per = self.series.setdefault(patient, {})
+            if value is None:
+                per.pop((study, series), None)
+            else:
+                per[(study, series)] = value
+        elif value is None:
+            self.meta.pop(key, None)
+            self.series.pop(key, None)
+        else:
+            self.meta[key] = value
+
+    def patients(self) -> dict[str, PatientState]:
+        out: dict[str, PatientState] = {}
+        for key, raw in self.meta.items():
+            data = json.loads(raw)
+            p = PatientState(key, data["last_seen"])
+            for row in data["studies"]:
+                st = decode_study(row)
+                p.studies[st.study_uid] = st
+            for sk, value in self.series.get(key, {}).items():
+                p.series[sk] = decode_series(value)
+            # a series record written without its study's meta (cannot happen in one transaction): drop
+            for st in p.studies.values():
+                st.series_keys = [k for k in st.series_keys if k in p.series]
+            p.index()
+            out[key] = p
+        return out
+
+
+def dirty_records(p: PatientState) -> list[tuple[str, bytes]]:
+    """Records for what changed in this patient since the last call; clears the dirty marks."""
+    recs = [(series_key(p.key, sk), encode_series(p.series[sk])) for sk in sorted(p.dirty_series)]
+    if p.dirty_meta or recs:
+        recs.append((p.key, encode_meta(p)))
+    p.dirty_series.clear()
+    p.dirty_meta = False
+    return recs

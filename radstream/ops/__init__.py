@@ -1,0 +1,1 @@
+"""Operator tasks: consumer-group status and lag, partition scaling, replay, shadow comparison."""

@@ -134,6 +134,20 @@ class InferenceSettings(BaseModel):
     calling_ae_title: str = "RADSTREAM"
 
 
+class LdapSettings(BaseModel):
+    """Optional LDAP / Active Directory bind for web sign-in (roles stay in the users table)."""
+
+    enabled: bool = False
+    server_uri: str = "ldap://localhost:389"
+    user_dn_template: str = Field(
+        "uid={username},ou=people,dc=example,dc=org",
+        description="DN bound as; {username} is RDN-escaped. AD: '{username}@example.org' (UPN)",
+    )
+    start_tls: bool = True
+    ca_file: Path | None = None
+    timeout_s: float = Field(5.0, gt=0)
+
+
 class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -256,6 +270,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)

@@ -10,9 +10,12 @@ import typer
 from radstream import __version__
 from radstream.cli import db as _db
 from radstream.cli import dev, ingest, topics
+from radstream.cli import infer as _infer
 from radstream.cli import ops as _ops
 from radstream.cli import report as _report
 from radstream.cli import sink as _sink
+from radstream.cli import synth as _synth
+from radstream.cli import triton as _triton
 from radstream.cli.context import set_config
 
 app = typer.Typer(
@@ -27,6 +30,9 @@ ingest.register(app)
 app.add_typer(_db.app, name="db")
 app.add_typer(_sink.app, name="sink")
 app.command("report")(_report.report)
+app.command("infer")(_infer.infer)
+app.command("synth")(_synth.synth)
+app.add_typer(_triton.app, name="triton")
 _ops.register(app, topics.app)
 
 

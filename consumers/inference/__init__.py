@@ -1,0 +1,1 @@
+"""Inference workers: ``radstream infer --pipeline NAME``."""

@@ -1,0 +1,1 @@
+"""Reusable inference operators: small classes with one job each, shared across pipelines."""

@@ -1,0 +1,1 @@
+"""Pipeline files (pipelines/*.yaml): typed models, validation, loading."""

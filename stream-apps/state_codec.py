@@ -11,8 +11,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from radstream.events.models import InstanceRef
 from radstream.stream_apps.grouping import PatientState, SeriesState, StudyState
+
+from radstream.events.models import InstanceRef
 
 SEP = "\x1f"
 

@@ -14,6 +14,7 @@ from radstream.cli import infer as _infer
 from radstream.cli import ops as _ops
 from radstream.cli import report as _report
 from radstream.cli import sink as _sink
+from radstream.cli import stream as _stream
 from radstream.cli import synth as _synth
 from radstream.cli import triton as _triton
 from radstream.cli.context import set_config
@@ -34,6 +35,7 @@ app.command("infer")(_infer.infer)
 app.command("synth")(_synth.synth)
 app.add_typer(_triton.app, name="triton")
 _ops.register(app, topics.app)
+_stream.register(app)
 
 
 def _version(value: bool) -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
-from radstream.events.models import CompletionReason, InstanceReceived, SeriesCompleted, StudyCompleted
 from radstream.stream_apps.grouping import (
     AddOutcome,
     Aggregator,
-    Timeouts,
     TimeoutPolicy,
+    Timeouts,
     position_along_normal,
 )
 from radstream.stream_apps.state_codec import StateRestorer, dirty_records
+
+from radstream.events.models import CompletionReason, InstanceReceived, SeriesCompleted, StudyCompleted
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,118 @@
+"""The aggregator worker (``radstream aggregate``): InstanceReceived -> SeriesCompleted / StudyCompleted.
+
+One :class:`~radstream.stream_apps.grouping.Aggregator` per input partition; its state is
+persisted to ``<prefix>.aggregator.changelog`` (compacted, co-partitioned) in the same
+transaction as the events and the consumed offsets (see :mod:`radstream.stream_apps.txloop`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from radstream.stream_apps.grouping import AddOutcome, Aggregator, TimeoutPolicy
+from radstream.stream_apps.state_codec import SEP, StateRestorer, dirty_records
+from radstream.stream_apps.txloop import Output, TxLoop
+
+from radstream.events.models import InstanceReceived, SeriesCompleted
+from radstream.kafka.consumer import Received
+from radstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NotAnInstance(ValueError):
+    """A message on the instances topic that is not a usable InstanceReceived."""
+
+
+class AggregatorWorker(TxLoop):
+    component = "aggregator"
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] | None = None) -> None:
+        a = settings.aggregator
+        kwargs = {"clock": clock} if clock else {}
+        super().__init__(settings, a.group_id, [settings.topic("instances")],
+                         settings.topic("aggregator.changelog"), a.timer_interval_s, a.batch_size, **kwargs)
+        self.policy = TimeoutPolicy.from_settings(a)
+        self.aggs: dict[int, Aggregator] = {}
+        self.series_topic = settings.topic("series")
+        self.studies_topic = settings.topic("studies")
+        self.counts = {o.value: 0 for o in AddOutcome}
+
+    def restore(self, partition: int, records: Iterator[tuple[str, bytes | None]]) -> None:
+        r = StateRestorer()
+        for key, value in records:
+            r.apply(key, value)
+        agg = Aggregator(self.policy)
+        agg.patients = r.patients()
+        self.aggs[partition] = agg
+        log.info("partition %d: %d patients restored", partition, len(agg.patients))
+
+    def drop(self, partition: int) -> None:
+        self.aggs.pop(partition, None)
+
+    def process(self, batch: list[Received], now: float) -> Output:
+        touched: dict[int, set[str]] = {}
+        for r in batch:
+            try:
+                ev = r.event
+                if r.error is not None:
+                    raise r.error
+                if not isinstance(ev, InstanceReceived):
+                    raise NotAnInstance(f"expected InstanceReceived, got {type(ev).__name__}")
+                key = r.key.decode() if r.key else None
+                if key is not None and key != ev.patient_key:
+                    raise NotAnInstance("message key is not the event's patient key")
+                if not ev.sop_instance_uid or not ev.series_instance_uid or not ev.study_instance_uid:
+                    raise NotAnInstance("missing SOP, series or study UID")
+            except Exception as exc:  # poison: dead-letter it, never stop
+                self.dead_letter(r, exc)
+                continue
+            agg = self.aggs.get(r.partition)
+            if agg is None:  # assigned but not restored: cannot happen inside consume(); be safe
+                agg = self.aggs[r.partition] = Aggregator(self.policy)
+            self.counts[agg.add(ev, now).value] += 1
+            touched.setdefault(r.partition, set()).add(ev.patient_key)
+        out = Output()
+        for partition, keys in touched.items():
+            agg = self.aggs[partition]
+            for key in keys:
+                out.changelog += [(partition, k, v) for k, v in dirty_records(agg.patients[key])]
+        return out
+
+    def tick(self, partitions: set[int], now: float) -> Output:
+        out = Output()
+        for partition in partitions:
+            agg = self.aggs.get(partition)
+            if agg is None:
+                continue
+            for key in agg.due(now):
+                for ev in agg.expire(key, now):
+                    topic = self.series_topic if isinstance(ev, SeriesCompleted) else self.studies_topic
+                    out.events.append((topic, key, ev))
+                p = agg.patients.get(key)
+                if p is not None:
+                    out.changelog += [(partition, k, v) for k, v in dirty_records(p)]
+            for key, series_keys in agg.purged.items():
+                out.changelog += [(partition, f"{key}{SEP}{a}{SEP}{b}", None) for a, b in series_keys]
+                out.changelog.append((partition, key, None))
+            agg.purged.clear()
+        return out
+
+    def open_counts(self) -> tuple[int, int]:
+        """(open series, open studies) over all assigned partitions."""
+        series = studies = 0
+        for agg in self.aggs.values():
+            for p in agg.patients.values():
+                series += sum(1 for s in p.series.values() if s.open)
+                studies += sum(1 for s in p.studies.values() if s.open)
+        return series, studies
+
+
+def run(settings: Settings) -> None:
+    worker = AggregatorWorker(settings)
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    log.info("aggregator consuming %s (group %s)", worker.inputs[0], worker.group_id)
+    worker.run()

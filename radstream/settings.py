@@ -171,6 +171,36 @@ class SinkSettings(BaseModel):
     )
 
 
+class TimeoutOverride(BaseModel):
+    """Quiet periods for one source (a called AE title); unset fields keep the defaults."""
+
+    series_quiet_s: float | None = Field(None, gt=0)
+    patient_quiet_s: float | None = Field(None, gt=0)
+    max_age_s: float | None = Field(None, gt=0)
+
+
+class AggregatorSettings(BaseModel):
+    """stream-apps aggregator: completion of series and studies (radstream aggregate)."""
+
+    group_id: str = "radstream-aggregator"
+    series_quiet_s: float = Field(60.0, gt=0, description="a series closes after this long without instances")
+    patient_quiet_s: float = Field(60.0, gt=0, description="the patient's studies close after this quiet period")
+    max_age_s: float = Field(4 * 3600.0, gt=0, description="force-complete a series/study open this long")
+    timer_interval_s: float = Field(1.0, gt=0, description="how often deadlines are checked")
+    retain_closed_s: float = Field(24 * 3600.0, gt=0, description="closed state kept for late data and dedupe")
+    overrides: dict[str, TimeoutOverride] = Field(
+        default_factory=dict, description="per called AE title: quiet periods for that source"
+    )
+    batch_size: int = Field(2000, ge=1, description="messages per consume-transform-produce transaction")
+
+
+class DispatcherSettings(BaseModel):
+    """stream-apps dispatcher: completed series/studies -> InferenceRequested (radstream dispatch)."""
+
+    group_id: str = "radstream-dispatcher"
+    pipelines_dir: Path | None = Field(None, description="folder of pipeline files; default <repo>/pipelines")
+
+
 class ObservabilitySettings(BaseModel):
     """Prometheus /metrics, /healthz and /readyz of every process (radstream.observability)."""
 
@@ -275,6 +305,8 @@ class Settings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    aggregator: AggregatorSettings = Field(default_factory=AggregatorSettings)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
 
     @classmethod
     def settings_customise_sources(

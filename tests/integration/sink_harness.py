@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from radstream.consumers.sinks import SinkRunner, SinkSpec, SinkStats
+
 from radstream.db.connect import connect
 from radstream.events.models import Event
 from radstream.kafka.producer import EventProducer

@@ -6,8 +6,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-
 from radstream.consumers.sinks import results_spec
+
 from radstream.db.connect import connect
 from radstream.db.migrate import migrate
 from radstream.events.models import Measurement

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from radstream.consumers.sinks import feedback_spec, results_spec
+
 from radstream.db.migrate import migrate
 from radstream.events.models import QcDecision
 from radstream.settings import Settings

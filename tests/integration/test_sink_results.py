@@ -6,12 +6,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from radstream.consumers.sinks import SinkRunner, results_spec
+
 from radstream.db.migrate import migrate
 from radstream.devenv.postgres import PostgresServer
 from radstream.devenv.process import free_port
-from radstream.events.models import Detection, DeadLetter, InstanceReceived
+from radstream.events.models import DeadLetter, Detection, InstanceReceived
 from radstream.kafka.consumer import EventConsumer
 from radstream.kafka.producer import EventProducer
 from radstream.settings import Settings

@@ -152,6 +152,10 @@ class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     session_secret: SecretStr = SecretStr("change-me-web-session-secret")
+    session_max_age_s: int = Field(8 * 3600, ge=60, description="signed session cookie lifetime")
+    secure_cookies: bool = Field(False, description="mark cookies Secure (set behind HTTPS)")
+    max_upload_mb: int = Field(200, ge=1, description="largest corrected SEG upload")
+    ldap: LdapSettings = Field(default_factory=LdapSettings)
 
 
 class SinkSettings(BaseModel):

@@ -17,6 +17,8 @@ from radstream.cli import sink as _sink
 from radstream.cli import stream as _stream
 from radstream.cli import synth as _synth
 from radstream.cli import triton as _triton
+from radstream.cli import users as _users
+from radstream.cli import web as _web
 from radstream.cli.context import set_config
 
 app = typer.Typer(
@@ -31,6 +33,8 @@ ingest.register(app)
 app.add_typer(_db.app, name="db")
 app.add_typer(_sink.app, name="sink")
 app.command("report")(_report.report)
+app.command("web")(_web.web)
+app.add_typer(_users.app, name="users")
 app.command("infer")(_infer.infer)
 app.command("synth")(_synth.synth)
 app.add_typer(_triton.app, name="triton")

@@ -1,0 +1,33 @@
+"""`radstream web`: the review web app (worklists, results, feedback, QC, operations, report)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from radstream.cli.context import settings
+
+
+def web(
+    host: Annotated[Optional[str], typer.Option(help="bind address (default settings.web.host)")] = None,  # noqa: UP045
+    port: Annotated[Optional[int], typer.Option(help="port (default settings.web.port)")] = None,  # noqa: UP045
+    migrate: Annotated[bool, typer.Option(help="apply database migrations first")] = True,
+) -> None:
+    """Serve the review web app."""
+    import logging
+
+    import uvicorn
+
+    from radstream.web import create_app
+
+    s = settings()
+    if s.web.session_secret.get_secret_value().startswith("change-me"):
+        typer.echo("warning: settings.web.session_secret is the default; set RADSTREAM_WEB__SESSION_SECRET", err=True)
+    if migrate:
+        from radstream.db.migrate import migrate as apply_migrations
+
+        apply_migrations(s)
+    logging.basicConfig(level=logging.INFO)
+    uvicorn.run(create_app(s), host=host or s.web.host, port=port or s.web.port, log_level="info",
+                proxy_headers=False, server_header=False)

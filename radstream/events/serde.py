@@ -184,6 +184,9 @@ class ConfluentCodec:
         body = io.BytesIO(data)
         body.seek(5)
         try:
-            return reader.read(body)
+            event = reader.read(body)
         except Exception as exc:
             raise DecodeError(f"corrupt {reader.cls.SCHEMA_NAME} body: {type(exc).__name__}: {exc}") from exc
+        if body.tell() != len(data):
+            raise DecodeError(f"{len(data) - body.tell()} trailing bytes after {reader.cls.SCHEMA_NAME}")
+        return event

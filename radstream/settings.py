@@ -236,6 +236,7 @@ DEFAULT_METRICS_PORTS: dict[str, int] = {
     "web": 9116,
     "replay": 9117,
     "triton": 9118,
+    "lag_exporter": 9119,
 }
 
 

@@ -209,6 +209,8 @@ def run(settings: Settings, cp: Checkpoint, progress: Callable[[Checkpoint], Non
                 if pending >= batch:
                     _flush(settings, producer, cp, progress)
                     pending = 0
+                    if stop is not None and stop.is_set():
+                        break  # later messages of this fetch are re-read on resume
         cp.done = not todo
         _flush(settings, producer, cp, progress)
     finally:

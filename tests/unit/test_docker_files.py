@@ -168,7 +168,7 @@ def test_secrets_come_from_files(compose: dict[str, Any], defaults: Settings) ->
         if key.endswith("_FILE"):
             name = path.rsplit("/", 1)[-1]
             assert path == f"/run/secrets/{name}" and name in declared
-    for name, spec in declared.items():
+    for spec in declared.values():
         f = DOCKER / spec["file"]
         assert f.is_file() or f.with_name(f.name + ".example").is_file(), f"no {f} nor its .example"
     # the settings really read them: every *_FILE key maps onto a secret setting

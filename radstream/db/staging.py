@@ -15,6 +15,9 @@ import psycopg
 from psycopg import sql
 
 _DONE: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[str]] = weakref.WeakKeyDictionary()
+_TYPES: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[tuple[str, tuple[str, ...]], list[str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def ensure_stages(conn: psycopg.Connection[Any], ddl: Sequence[str]) -> None:
@@ -29,13 +32,30 @@ def ensure_stages(conn: psycopg.Connection[Any], ddl: Sequence[str]) -> None:
     done.update(todo)
 
 
+def column_types(conn: psycopg.Connection[Any], table: str, columns: Sequence[str]) -> list[str]:
+    """The type names of ``table``'s ``columns`` (for binary COPY), cached per connection."""
+    cache = _TYPES.setdefault(conn, {})
+    key = (table, tuple(columns))
+    if key not in cache:
+        rows = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a"
+            " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            (table,),
+        ).fetchall()
+        types = {str(n): str(t) for n, t in rows}
+        cache[key] = [types[c] for c in columns]
+    return cache[key]
+
+
 def copy_rows(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
-    """COPY ``rows`` into ``table(columns)``; returns how many were written."""
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
+    """COPY ``rows`` into ``table(columns)`` in binary format; returns how many were written."""
+    types = column_types(cur.connection, table, columns)
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     )
     n = 0
     with cur.copy(stmt) as copy:
+        copy.set_types(types)
         for row in rows:
             copy.write_row(row)
             n += 1
@@ -45,3 +65,4 @@ def copy_rows(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows
 def forget(conn: psycopg.Connection[Any]) -> None:
     """Drop the record of ``conn``'s staging tables (the connection is being closed)."""
     _DONE.pop(conn, None)
+    _TYPES.pop(conn, None)

@@ -1,0 +1,176 @@
+"""R5: results-sink throughput against a bare COPY of the same rows, measured in one run.
+
+The sink consumes N InferenceCompleted events from a real broker and writes them to a
+migrated database (decode, stage by COPY, merge with ON CONFLICT, commit, then commit
+offsets). Then exactly the rows it stored (patients, studies, series, results,
+measurements, detections) are read back and written with one bare ``COPY`` per table into
+a second, freshly migrated database with the same tables and indexes.
+
+    R5 = sink rows/s / bare COPY rows/s        (goal >= 0.7)
+
+    .venv/bin/python load-tests/sink_bench.py [--events 20000] [--batch 2000]
+
+Private Kafka and PostgreSQL servers are started on free ports and stopped afterwards.
+Consumer group join time is left out of the sink's time (the clock starts at its first batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from radstream.consumers.sinks import SinkRunner, results_spec
+from radstream.consumers.sinks.runner import SinkSpec
+
+from radstream.db.connect import connect
+from radstream.db.migrate import migrate
+from radstream.db.staging import copy_rows
+from radstream.devenv.kafka import KafkaServer
+from radstream.devenv.postgres import PostgresServer
+from radstream.devenv.process import free_port
+from radstream.events.models import Detection, InferenceCompleted, Measurement, utcnow
+from radstream.kafka.producer import EventProducer
+from radstream.kafka.topics import create_topics
+from radstream.settings import Settings
+
+TABLES = ("patients", "studies", "series", "results", "measurements", "detections")
+
+
+def make_events(n: int) -> list[InferenceCompleted]:
+    now = utcnow()
+    out = []
+    for i in range(n):
+        study = f"1.2.826.0.1.3680043.8.498.{i}"
+        last = now - timedelta(seconds=n - i)
+        out.append(InferenceCompleted(
+            producer="radstream-infer/0.1.0", patient_key=f"{i % 5000:064x}", request_id=str(uuid.uuid4()),
+            study_instance_uid=study, accession_number=f"ACC{i:08d}", pipeline="brain-tumour",
+            pipeline_version="1", model_name="brain-tumour-ref", model_version="1", result_id=uuid.uuid4().hex,
+            series_instance_uids=[f"{study}.1"],
+            measurements=[Measurement("volume", "tumour", 10.0 + i % 50, "mL"),
+                          Measurement("volume", "oedema", 20.0 + i % 30, "mL")],
+            detections=[Detection("lesion", "enhancing", 0.9, [1.0, 2.0, 3.0, 4.0])],
+            seg_uri=f"file:///store/seg/{i}.dcm", sr_uri=f"file:///store/sr/{i}.dcm",
+            timings_ms={"load": 120.0, "infer": 800.0, "write": 40.0},
+            started_at=last + timedelta(seconds=1), occurred_at=last + timedelta(seconds=2), last_received_at=last,
+            study_date="20240101",
+        ))
+    return out
+
+
+def settings_for(bootstrap: str, pg: PostgresServer, database: str, batch: int, prefix: str) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        home=Path(tempfile.gettempdir()) / "radstream-sink-bench",
+        kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix, "default_partitions": 3},
+        postgres={"host": pg.host, "port": pg.port, "user": pg.user, "password": pg.password, "database": database,
+                  "managed": False},
+        sinks={"batch_size": batch},
+    )
+
+
+def create_db(pg: PostgresServer, name: str) -> None:
+    with psycopg.connect(pg.conninfo("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+
+
+def run_sink(s: Settings, n: int) -> tuple[float, float, int]:
+    """Consume until n events are stored; returns (seconds from first batch, seconds in DB writes, events)."""
+    spec = results_spec(s)
+    write_time = [0.0]
+
+    def timed_write(conn: psycopg.Connection[Any], rows: Any) -> None:
+        t = time.perf_counter()
+        spec.write(conn, rows)
+        write_time[0] += time.perf_counter() - t
+
+    runner = SinkRunner(s, SinkSpec(spec.name, spec.topics, spec.new_rows, timed_write))
+    start: float | None = None
+    deadline = time.monotonic() + 600
+    try:
+        while runner.stats.events < n and time.monotonic() < deadline:
+            got = runner.step()
+            if got and start is None:
+                start = time.perf_counter()
+        end = time.perf_counter()
+    finally:
+        runner.close()
+    assert start is not None, "the sink got nothing"
+    return end - start, write_time[0], runner.stats.events
+
+
+def stored_rows(s: Settings) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+    out: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
+    with connect(s, autocommit=True) as conn:
+        for t in TABLES:
+            cur = conn.execute(f"SELECT * FROM {t}".encode())
+            cols = [d.name for d in cur.description or []]
+            out[t] = (cols, [tuple(psycopg.types.json.Jsonb(v) if isinstance(v, dict) else v for v in row)
+                             for row in cur.fetchall()])
+    return out
+
+
+def bare_copy(s: Settings, data: dict[str, tuple[list[str], list[tuple[Any, ...]]]]) -> float:
+    with connect(s, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            for t in TABLES:
+                cols, rows = data[t]
+                copy_rows(cur, t, cols, rows)
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--batch", type=int, default=2000)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="sink-bench-") as tmp:
+        kafka = KafkaServer(Path(tmp) / "kafka", port=free_port(), controller_port=free_port())
+        pg = PostgresServer(Path(tmp) / "pg", port=free_port())
+        kafka.start()
+        pg.start()
+        try:
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            create_db(pg, "sink_bench")
+            create_db(pg, "copy_bench")
+            s_sink = settings_for(kafka.bootstrap, pg, "sink_bench", args.batch, prefix)
+            s_copy = settings_for(kafka.bootstrap, pg, "copy_bench", args.batch, prefix)
+            migrate(s_sink)
+            migrate(s_copy)
+            create_topics(s_sink)
+
+            events = make_events(args.events)
+            producer = EventProducer(s_sink, "sink-bench", **{"linger.ms": 20, "batch.size": 1_000_000})
+            for e in events:
+                producer.send(s_sink.topic("results"), e.study_instance_uid, e)
+            assert producer.flush(120) == 0
+
+            sink_s, write_s, consumed = run_sink(s_sink, args.events)
+            data = stored_rows(s_sink)
+            rows = sum(len(r) for _, r in data.values())
+            copy_s = bare_copy(s_copy, data)
+
+            sink_rate = rows / sink_s
+            copy_rate = rows / copy_s
+            print(f"events            {consumed}")
+            print(f"rows stored       {rows}  ({', '.join(f'{t} {len(data[t][1])}' for t in TABLES)})")
+            print(f"sink              {sink_s:.2f} s  {sink_rate:,.0f} rows/s  {consumed / sink_s:,.0f} events/s"
+                  f"  (of which database writes {write_s:.2f} s)")
+            print(f"bare COPY         {copy_s:.2f} s  {copy_rate:,.0f} rows/s")
+            print(f"R5 = sink / COPY  {sink_rate / copy_rate:.2f}   (goal >= 0.7)")
+            print(f"R5 (database writes only, Kafka and decode excluded) {copy_s / write_s:.2f}")
+        finally:
+            pg.stop()
+            kafka.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,7 @@ def routes(web: Web) -> list[Route]:
         with web.db() as conn:
             user = web.need(request, conn, "admin")
             action = form.get("action")
-            name = str(form.get("username") or "")
+            name = str(form.get("username") or "").replace("\x00", "")
             try:
                 if action == "add":
                     pw = str(form.get("password") or "")

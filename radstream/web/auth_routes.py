@@ -44,8 +44,8 @@ def routes(web: Web) -> list[Route]:
 
     async def login(request: Request) -> Response:
         form = await check_csrf(request)
-        username = str(form.get("username") or "").strip()
-        password = str(form.get("password") or "")
+        username = str(form.get("username") or "").replace("\x00", "").strip()[:200]
+        password = str(form.get("password") or "")[:1024]
         target = safe_next(str(form.get("next") or ""))
         client = request.client.host if request.client else None
         user = await run_in_threadpool(_authenticate, username, password, client) if username and password else None

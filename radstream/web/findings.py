@@ -42,7 +42,7 @@ def _text(form: Any, key: str, limit: int = MAX_TEXT) -> str | None:
     v = form.get(key)
     if v is None or not isinstance(v, str):
         return None
-    v = v.strip()
+    v = v.replace("\x00", "").strip()
     if len(v) > limit:
         raise FeedbackError(f"{key} is longer than {limit} characters")
     return v or None

@@ -24,6 +24,11 @@ class WorklistFilter:
     limit: int = 200
 
 
+def clean(text: str | None) -> str | None:
+    """Text from a request as PostgreSQL can hold it (no NUL characters)."""
+    return None if text is None else text.replace("\x00", "")
+
+
 def _like(text: str) -> str:
     """A LIKE pattern matching ``text`` literally (its own % and _ escaped)."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -53,8 +58,9 @@ def worklist(conn: psycopg.Connection[Any], username: str, f: WorklistFilter, *,
           AND (%(dto)s::date IS NULL OR x.study_date <= %(dto)s)
         ORDER BY (x.my_status = 'done'), x.stored_at DESC
         LIMIT %(limit)s"""
-    params = {"user": username, "readers_only": readers_only, "pipeline": f.pipeline or None,
-              "status": f.status or None, "qc": f.qc_status or None, "q": _like(f.q) if f.q else None,
+    text = clean(f.q)
+    params = {"user": username, "readers_only": readers_only, "pipeline": clean(f.pipeline) or None,
+              "status": f.status or None, "qc": f.qc_status or None, "q": _like(text) if text else None,
               "dfrom": f.date_from, "dto": f.date_to, "limit": max(1, min(f.limit, 1000))}
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql, params)
@@ -63,7 +69,7 @@ def worklist(conn: psycopg.Connection[Any], username: str, f: WorklistFilter, *,
 
 def worklist_row(conn: psycopg.Connection[Any], result_id: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT * FROM v_worklist WHERE result_id = %s", (result_id,))
+        cur.execute("SELECT * FROM v_worklist WHERE result_id = %s", (clean(result_id),))
         return cur.fetchone()
 
 
@@ -73,7 +79,7 @@ def result(conn: psycopg.Connection[Any], result_id: str) -> dict[str, Any] | No
             """SELECT r.*, COALESCE(r.accession_number, s.accession_number) AS accession,
                       COALESCE(r.study_date, s.study_date) AS date
                FROM results r LEFT JOIN studies s USING (study_instance_uid)
-               WHERE r.result_id = %s""", (result_id,))
+               WHERE r.result_id = %s""", (clean(result_id),))
         return cur.fetchone()
 
 
@@ -118,14 +124,14 @@ def reviews_of(conn: psycopg.Connection[Any], result_id: str) -> list[dict[str, 
 def results_for_study(conn: psycopg.Connection[Any], study_instance_uid: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT * FROM v_worklist WHERE study_instance_uid = %s ORDER BY pipeline, stored_at DESC""",
-                    (study_instance_uid,))
+                    (clean(study_instance_uid),))
         return list(cur.fetchall())
 
 
 def results_for_accession(conn: psycopg.Connection[Any], accession: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT * FROM v_worklist WHERE accession_number = %s ORDER BY pipeline, stored_at DESC""",
-                    (accession,))
+                    (clean(accession),))
         return list(cur.fetchall())
 
 
@@ -140,7 +146,7 @@ def qc_queue(conn: psycopg.Connection[Any], qc_status: str | None, pipeline: str
             """SELECT * FROM v_worklist WHERE qc_required
                  AND (%(s)s::text IS NULL OR qc_status = %(s)s) AND (%(p)s::text IS NULL OR pipeline = %(p)s)
                ORDER BY (qc_status = 'pending') DESC, stored_at LIMIT 500""",
-            {"s": qc_status or None, "p": pipeline or None})
+            {"s": clean(qc_status) or None, "p": clean(pipeline) or None})
         return list(cur.fetchall())
 
 

@@ -37,11 +37,13 @@ def dispatch(log_level: Annotated[str, typer.Option(help="log level")] = "info")
 def rules_test(
     pipeline: Annotated[str, typer.Argument(help="pipeline name or path of a pipeline file")],
     path: Annotated[Path, typer.Argument(help="folder (or file) of DICOM instances of one study", exists=True)],
+    called_ae: Annotated[str | None, typer.Option(help="called AE title the study would arrive on")] = None,
+    calling_ae: Annotated[str | None, typer.Option(help="calling AE title of the sender")] = None,
 ) -> None:
     """Say which series of a study on disk the pipeline selects, and why."""
     from radstream.stream_apps.rules_tester import explain
 
-    code, text = explain(settings(), pipeline, path)
+    code, text = explain(settings(), pipeline, path, called_ae, calling_ae)
     typer.echo(text)
     raise typer.Exit(code)
 

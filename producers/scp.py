@@ -170,6 +170,7 @@ class IngestServer:
             log.warning("rejected association from %s (%s) to %s: %s", calling, peer, called, why)
             self.metrics.associations.labels("rejected").inc()
             assoc.acse.send_reject(RJ_PERMANENT, RJ_USER, diagnostic)
+            assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
             return
         self.metrics.associations.labels("accepted").inc()
 

@@ -9,6 +9,7 @@ the cost does not depend on the image size.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -143,17 +144,19 @@ def check_layout(fh: BinaryIO, dataset_offset: int, size: int, transfer_syntax: 
     if transfer_syntax == DEFLATED:
         fh.seek(dataset_offset)
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        got = 0
+        inflated = io.BytesIO()
         try:
             while chunk := fh.read(1 << 20):
-                got += len(inflater.decompress(chunk))
+                inflated.write(inflater.decompress(chunk))
         except zlib.error as exc:
             raise MalformedDataset(f"corrupt deflate stream: {exc}") from exc
         if not inflater.eof:
             raise MalformedDataset("truncated deflate stream")
-        if got == 0:
-            raise MalformedDataset("zero-length data set")
-        return Layout(dataset_offset, size, -1, None)
+        total = inflated.tell()
+        inner = _Walker(inflated, total, explicit=True, little=True)
+        if inner.dataset(0, True, 0, in_item=False, top=True) != total or inner.count == 0:
+            raise MalformedDataset("zero-length or incomplete deflated data set")
+        return Layout(dataset_offset, size, inner.count, None)
     explicit = transfer_syntax != "1.2.840.10008.1.2"
     little = transfer_syntax != "1.2.840.10008.1.2.2"
     walker = _Walker(fh, size, explicit, little)

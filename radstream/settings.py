@@ -306,7 +306,6 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     triton: TritonSettings = Field(default_factory=TritonSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
-    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)

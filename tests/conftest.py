@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from radstream.settings import Settings
 
@@ -93,7 +94,7 @@ def pg_settings(pg_admin_conninfo: str, kafka_settings: Settings) -> Iterator[Se
                     "host": info.get("host", "127.0.0.1"),
                     "port": int(info.get("port", 5432)),
                     "user": info.get("user", "radstream"),
-                    "password": info.get("password", ""),
+                    "password": SecretStr(info.get("password", "")),
                     "database": db,
                     "managed": False,
                 }

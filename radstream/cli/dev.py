@@ -6,24 +6,34 @@ import typer
 
 from radstream.cli.context import settings
 
-app = typer.Typer(help="Local infrastructure (Kafka KRaft, PostgreSQL) without Docker.", no_args_is_help=True)
+app = typer.Typer(help="Local infrastructure (Kafka KRaft, PostgreSQL, Triton on the CPU) without Docker.", no_args_is_help=True)
 
 
 @app.command()
-def up() -> None:
-    """Start Kafka and PostgreSQL (idempotent) and create the topics."""
+def up(
+    triton: bool = typer.Option(True, help="also start the Triton server (CPU) with the reference models"),
+    all_services: bool = typer.Option(
+        False, "--all", help="also start every radstream process (ingest, aggregate, dispatch, infer, sinks, web)"
+    ),
+) -> None:
+    """Start Kafka, PostgreSQL and Triton (idempotent), create the topics and the database schema."""
+    from radstream.db.migrate import migrate
+    from radstream.devenv.services import radstream_services
     from radstream.devenv.stack import LocalStack
     from radstream.kafka.topics import create_topics
 
     stack = LocalStack(settings())
-    stack.up()
+    stack.up(triton=triton)
     create_topics(settings())
+    migrate(settings())
+    if all_services:
+        stack.services.start(radstream_services(settings()))
     status()
 
 
 @app.command()
 def down() -> None:
-    """Stop what `dev up` started (by pid file), nothing else."""
+    """Stop what `dev up` and `demo` started (by pid file), nothing else."""
     from radstream.devenv.stack import LocalStack
 
     stopped = LocalStack(settings()).down()
@@ -37,5 +47,8 @@ def status() -> None:
 
     for c in LocalStack(settings()).status():
         state = "up" if c.up else "down"
+        if not c.address:  # a radstream process
+            typer.echo(f"{c.name:<16} running pid {c.pid}")
+            continue
         owner = f"pid {c.pid}" if c.pid else ("external" if not c.managed else "not started by radstream")
-        typer.echo(f"{c.name:<10} {state:<5} {c.address:<22} {owner}")
+        typer.echo(f"{c.name:<16} {state:<5} {c.address:<22} {owner}")

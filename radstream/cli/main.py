@@ -9,6 +9,7 @@ import typer
 
 from radstream import __version__
 from radstream.cli import db as _db
+from radstream.cli import demo as _demo
 from radstream.cli import dev, ingest, topics
 from radstream.cli import infer as _infer
 from radstream.cli import ops as _ops
@@ -40,6 +41,7 @@ app.command("synth")(_synth.synth)
 app.add_typer(_triton.app, name="triton")
 _ops.register(app, topics.app)
 _stream.register(app)
+app.command("demo")(_demo.demo)
 
 
 def _version(value: bool) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from radstream.devenv.kafka import KafkaServer
 from radstream.devenv.postgres import PostgresServer
 from radstream.devenv.process import port_open
+from radstream.devenv.services import Services
+from radstream.devenv.triton import DEFAULT_REPOSITORY, TritonServer
 from radstream.settings import Settings
 
 
@@ -28,7 +30,7 @@ class ComponentStatus:
 
 
 class LocalStack:
-    """Kafka and PostgreSQL under ``settings.home``; only started when the settings point at localhost."""
+    """Kafka, PostgreSQL and Triton under ``settings.home``, started only where the settings point at localhost."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -42,15 +44,26 @@ class LocalStack:
             password=pg.password.get_secret_value(), database=pg.database,
         )
         self.postgres_local = pg.managed and pg.host in ("localhost", "127.0.0.1")
+        tr = settings.triton
+        self.triton = TritonServer(
+            home / "triton", http_port=tr.http_port, grpc_port=tr.grpc_port, metrics_port=tr.metrics_port,
+            repository=tr.model_repository or DEFAULT_REPOSITORY, wait_ms=tr.wait_model_ms,
+        )
+        self.triton_local = tr.managed and tr.host in ("localhost", "127.0.0.1")
+        self.services = Services(settings)
 
-    def up(self) -> None:
+    def up(self, triton: bool = True) -> None:
         if self.postgres_local:
             self.postgres.start()
         if self.kafka_local:
             self.kafka.start()
+        if triton and self.triton_local:
+            self.triton.start()
 
     def down(self) -> list[str]:
-        stopped = []
+        stopped = self.services.stop_all()
+        if self.triton.stop():
+            stopped.append("triton")
         if self.kafka.stop():
             stopped.append("kafka")
         if self.postgres.stop():
@@ -66,4 +79,8 @@ class LocalStack:
             ComponentStatus("postgres", f"{s.postgres.host}:{s.postgres.port}",
                             port_open(s.postgres.host, s.postgres.port),
                             self.postgres_local, self.postgres.process.pid()),
+            ComponentStatus("triton", f"{s.triton.host}:{s.triton.http_port}/{s.triton.grpc_port}",
+                            port_open(s.triton.host, s.triton.http_port),
+                            self.triton_local, self.triton.process.pid()),
+            *(ComponentStatus(name, "", True, True, pid) for name, pid in self.services.running().items()),
         ]

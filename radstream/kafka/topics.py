@@ -70,7 +70,8 @@ def create_topics(settings: Settings, pipelines: list[str] | None = None, timeou
 
 
 def add_partitions(settings: Settings, topic: str, partitions: int, timeout: float = 30.0) -> None:
-    fut = admin(settings).create_partitions([NewPartitions(topic, partitions)], operation_timeout=timeout)[topic]
+    client = admin(settings)  # keep the client alive until the future completes
+    fut = client.create_partitions([NewPartitions(topic, partitions)], operation_timeout=timeout)[topic]
     fut.result()
 
 

@@ -1,0 +1,249 @@
+"""`radstream demo`: the main job end to end on one machine.
+
+Brings up the local infrastructure (Kafka, PostgreSQL, Triton on the CPU) and every radstream
+process, writes synthetic exams with known ground truth, sends them to the DICOM port like a
+scanner would, waits for the results in PostgreSQL, and prints them with the longitudinal
+changes next to the ground truth. The models are the bundled reference models, which are
+built to be right on the synthetic studies; they are not clinical models.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radstream.settings import Settings
+
+KIND_PIPELINE = {"brain_mr": "brain-tumour", "liver_ct": "liver", "pelvis_dx": "hip-fracture"}
+VOLUME_TOLERANCE_PCT = 3.0
+
+
+@dataclass
+class DemoPlan:
+    brain_patients: int = 2
+    brain_timepoints: int = 3
+    liver_patients: int = 1
+    hip_patients: int = 2
+    seed: int = 7
+    series_quiet_s: float = 5.0
+    patient_quiet_s: float = 10.0
+    timeout_s: float = 900.0
+
+
+@dataclass
+class Row:
+    kind: str
+    pipeline: str
+    patient: str
+    timepoint: int
+    study_date: str
+    status: str = "waiting"
+    measured: dict[str, float] = field(default_factory=dict)
+    expected: dict[str, Any] = field(default_factory=dict)
+    change_baseline_pct: float | None = None
+    change_prior_pct: float | None = None
+    progression: bool | None = None
+    ok: bool = False
+    note: str = ""
+
+
+def demo_env(plan: DemoPlan) -> dict[str, str]:
+    """Settings the demo's processes get on top of the user's: short quiet periods, so it ends soon."""
+    return {
+        "RADSTREAM_AGGREGATOR__SERIES_QUIET_S": str(plan.series_quiet_s),
+        "RADSTREAM_AGGREGATOR__PATIENT_QUIET_S": str(plan.patient_quiet_s),
+    }
+
+
+def write_studies(root: Path, plan: DemoPlan) -> list[dict[str, Any]]:
+    """Synthetic studies (MR of 2 patients x 3 timepoints, CT, pelvis radiographs) with ground truth."""
+    from radstream.synth.generate import GROUND_TRUTH_FILE, SynthConfig, load_truth, synthesize
+
+    out = root / f"synth-seed{plan.seed}"
+    if not (out / GROUND_TRUTH_FILE).exists():
+        # brain patients get several timepoints; liver and hips one exam per patient each time
+        synthesize(out / "brain", SynthConfig(seed=plan.seed, brain_patients=plan.brain_patients,
+                                              liver_patients=0, hip_patients=0, timepoints=plan.brain_timepoints))
+        synthesize(out / "other", SynthConfig(seed=plan.seed + 1, brain_patients=0,
+                                              liver_patients=plan.liver_patients, hip_patients=plan.hip_patients,
+                                              timepoints=1))
+        (out / GROUND_TRUTH_FILE).write_text("done\n")
+    studies = []
+    for part in ("brain", "other"):
+        for s in load_truth(out / part)["studies"]:
+            s["root"] = str(out / part)
+            studies.append(s)
+    return studies
+
+
+def create_accounts(settings: Settings, folder: Path) -> dict[str, str]:
+    """One account per role for the review app, with random passwords kept in a 0600 file."""
+    from radstream.db.connect import connect
+    from radstream.web.users import add_user, get_user
+
+    accounts_file = folder / "accounts.txt"
+    if accounts_file.exists():
+        return dict(line.split(" ", 1) for line in accounts_file.read_text().splitlines() if " " in line)
+    accounts = {}
+    with connect(settings, autocommit=True) as conn:
+        for name, role in (("demo-admin", "admin"), ("demo-reader", "reader"), ("demo-qc", "qc")):
+            if get_user(conn, name) is None:
+                password = secrets.token_urlsafe(12)
+                add_user(conn, name, role, password, f"Demo {role}")
+                accounts[name] = password
+    folder.mkdir(parents=True, exist_ok=True)
+    accounts_file.touch(mode=0o600)
+    accounts_file.write_text("".join(f"{k} {v}\n" for k, v in accounts.items()))
+    return accounts
+
+
+def collect(settings: Settings, studies: list[dict[str, Any]]) -> list[Row]:
+    """Results in PostgreSQL for each synthetic study, checked against its ground truth."""
+    from radstream.db.connect import connect
+    from radstream.patient_key import patient_key
+
+    secret = settings.site_secret.get_secret_value().encode()
+    rows = []
+    with connect(settings) as conn:
+        for s in sorted(studies, key=lambda s: (s["kind"], s["patient_id"], s["timepoint"])):
+            pipeline = KIND_PIPELINE[s["kind"]]
+            row = Row(s["kind"], pipeline, patient_key(secret, s["patient_id"], s["issuer"])[:8],
+                      s["timepoint"] + 1, s["study_date"])
+            rows.append(row)
+            res = conn.execute(
+                "SELECT result_id, status, reason FROM results WHERE study_instance_uid = %s AND pipeline = %s "
+                "AND NOT shadow ORDER BY finished_at DESC LIMIT 1",
+                (s["study_instance_uid"], pipeline),
+            ).fetchone()
+            if res is None:
+                continue
+            result_id, row.status, reason = res
+            if row.status != "completed":
+                row.note = str(reason or "")[:60]
+                continue
+            if s["kind"] == "pelvis_dx":
+                labels = {}
+                for label, finding in conn.execute(
+                    "SELECT label, finding FROM detections WHERE result_id = %s ORDER BY idx", (result_id,)
+                ).fetchall():
+                    labels.setdefault(label, finding)
+                row.expected = dict(s["truth"]["hips"])
+                row.measured = {}
+                got = {side: next((f for lab, f in labels.items() if side in lab.lower()), None)
+                       for side in row.expected}
+                row.ok = got == row.expected
+                row.note = ", ".join(f"{side} {got[side]} (truth {row.expected[side]})" for side in row.expected)
+                continue
+            row.expected = dict(s["truth"]["volumes_ml"])
+            row.measured = {
+                label: value for label, value in conn.execute(
+                    "SELECT label, value FROM measurements WHERE result_id = %s AND unit = 'mL'", (result_id,)
+                ).fetchall()
+            }
+            errors = [abs(row.measured.get(k, float("nan")) - v) / v * 100 for k, v in row.expected.items() if v]
+            row.ok = bool(errors) and all(e <= VOLUME_TOLERANCE_PCT for e in errors)
+            row.note = f"max error {max(errors):.1f}%" if errors else ""
+            lon = conn.execute(
+                "SELECT change_from_baseline_pct, change_from_prior_pct, progression FROM v_longitudinal "
+                "WHERE result_id = %s ORDER BY label LIMIT 1",
+                (result_id,),
+            ).fetchone()
+            if lon:
+                row.change_baseline_pct, row.change_prior_pct, row.progression = lon
+    return rows
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{v:+.1f}%"
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'pipeline':<13} {'patient':<9} {'tp':>2} {'date':<9} {'status':<10} {'measured':<46} " \
+           f"{'Δbaseline':>9} {'Δprior':>8} {'prog':<5} {'ok':<3} note"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        measured = ", ".join(f"{k} {v:.1f} mL" for k, v in sorted(r.measured.items()))
+        prog = "" if r.progression is None else ("YES" if r.progression else "no")
+        lines.append(
+            f"{r.pipeline:<13} {r.patient:<9} {r.timepoint:>2} {r.study_date:<9} {r.status:<10} {measured[:46]:<46} "
+            f"{_pct(r.change_baseline_pct):>9} {_pct(r.change_prior_pct):>8} {prog:<5} {'✓' if r.ok else '✗':<3} "
+            f"{r.note}"
+        )
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], stop: bool = False) -> bool:
+    """Run the whole job; True when every result is there and agrees with the ground truth."""
+    import os
+
+    from radstream.db.migrate import migrate
+    from radstream.devenv.process import port_open, wait_until
+    from radstream.devenv.services import radstream_services
+    from radstream.devenv.stack import LocalStack
+    from radstream.kafka.topics import create_topics
+    from radstream.producers.scu import send_paths
+
+    home = Path(settings.home).resolve()
+    demo_dir = home / "demo"
+    stack = LocalStack(settings)
+    echo("1/6 infrastructure: Kafka (KRaft), PostgreSQL, Triton (CPU, reference models) ...")
+    t0 = time.monotonic()
+    stack.up(triton=True)
+    create_topics(settings)
+    migrate(settings)
+    echo(f"    up in {time.monotonic() - t0:.0f}s")
+
+    echo("2/6 radstream processes: ingest, aggregate, dispatch, infer x3, sinks, web ...")
+    os.environ.update(demo_env(plan))
+    started = stack.services.start(radstream_services(settings, demo_env(plan)))
+    wait_until(lambda: port_open("127.0.0.1", settings.dicom.port), 120, what="the DICOM port")
+    wait_until(lambda: port_open(settings.web.host, settings.web.port), 120, what="the web app")
+    echo(f"    running: {', '.join(sorted(stack.services.running()))}" + ("" if started else " (already up)"))
+
+    echo("3/6 synthetic exams with ground truth ...")
+    studies = write_studies(demo_dir, plan)
+    accounts = create_accounts(settings, demo_dir)
+    n_files = sum(len(se["files"]) for s in studies for se in s["series"])
+    echo(f"    {len(studies)} studies, {n_files} instances in {demo_dir}")
+
+    echo("4/6 sending them to the DICOM port (C-STORE) ...")
+    sent_failures = 0
+    for s in sorted(studies, key=lambda s: (s["timepoint"], s["kind"])):
+        files = [str(Path(s["root"]) / f) for se in s["series"] for f in se["files"]]
+        summary = send_paths(files, host="127.0.0.1", port=settings.dicom.port,
+                             called_ae=settings.dicom.ae_title, calling_ae="DEMO-SCANNER", associations=2)
+        sent_failures += sum(1 for r in summary.results if r.status != 0)
+    echo(f"    sent {n_files} instances, {sent_failures} not acknowledged")
+
+    echo(f"5/6 waiting for results (series close after {plan.series_quiet_s:.0f}s quiet, "
+         f"patients after {plan.patient_quiet_s:.0f}s; production default 60s) ...")
+    deadline = time.monotonic() + plan.timeout_s
+    last = -1
+    rows: list[Row] = []
+    while time.monotonic() < deadline:
+        rows = collect(settings, studies)
+        done = sum(1 for r in rows if r.status != "waiting")
+        if done != last:
+            echo(f"    results {done}/{len(rows)}")
+            last = done
+        if done == len(rows):
+            break
+        time.sleep(2)
+
+    echo("6/6 results (reference models on synthetic phantoms; truth from the generator):")
+    echo(format_table(rows))
+    ok = bool(rows) and all(r.ok for r in rows)
+    echo("ALL RESULTS AGREE WITH THE GROUND TRUTH" if ok else "SOME RESULTS ARE MISSING OR WRONG")
+    if stop:
+        echo("stopping everything (--stop) ...")
+        stack.down()
+    else:
+        echo(f"\nReview app: http://{settings.web.host}:{settings.web.port}/  accounts: "
+             + ", ".join(f"{k} / {v}" for k, v in accounts.items())
+             + f" (kept in {demo_dir / 'accounts.txt'})")
+        echo("Everything keeps running; `radstream dev status` lists it, `radstream dev down` stops it.")
+    return ok

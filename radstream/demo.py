@@ -126,7 +126,7 @@ def collect(settings: Settings, studies: list[dict[str, Any]]) -> list[Row]:
                 row.note = str(reason or "")[:60]
                 continue
             if s["kind"] == "pelvis_dx":
-                labels = {}
+                labels: dict[str, str] = {}
                 for label, finding in conn.execute(
                     "SELECT label, finding FROM detections WHERE result_id = %s ORDER BY idx", (result_id,)
                 ).fetchall():

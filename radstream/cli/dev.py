@@ -6,7 +6,9 @@ import typer
 
 from radstream.cli.context import settings
 
-app = typer.Typer(help="Local infrastructure (Kafka KRaft, PostgreSQL, Triton on the CPU) without Docker.", no_args_is_help=True)
+app = typer.Typer(
+    help="Local infrastructure (Kafka KRaft, PostgreSQL, Triton on the CPU) without Docker.", no_args_is_help=True
+)
 
 
 @app.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -78,8 +77,11 @@ def routes(web: Web) -> list[Route]:
     def healthz(request: Request) -> Response:
         return Response("ok\n", media_type="text/plain")
 
-    _: Any = None
+    def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     return [
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),

@@ -8,7 +8,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 W, H = 560, 260
-L, R, T, B = 56, 16, 16, 44
+L, R, T, B = 56, 40, 16, 44
 
 
 def _num(v: float) -> str:

@@ -6,6 +6,7 @@ import time
 
 from radstream.consumers.operators.base import Context, Operator
 from radstream.consumers.operators.registry import OPERATORS
+
 from radstream.events.models import InferenceRequested
 from radstream.pipelines.operators_spec import InferencePipelineSpec
 from radstream.settings import Settings

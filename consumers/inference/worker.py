@@ -14,9 +14,10 @@ import threading
 import time
 import uuid
 
-from radstream import __version__
 from radstream.consumers.inference.chain import Chain, StageError
 from radstream.consumers.operators.base import RetriableError
+
+from radstream import __version__
 from radstream.events.models import Event, InferenceCompleted, InferenceFailed, InferenceRequested, utcnow
 from radstream.kafka.consumer import EventConsumer, Received
 from radstream.kafka.deadletter import DeadLetters

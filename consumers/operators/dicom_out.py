@@ -15,10 +15,10 @@ from pydantic import Field
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
-
-from radstream import __version__
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params, RetriableError
 from radstream.consumers.operators.postprocess import source_labels
+
+from radstream import __version__
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class SrWriter(Operator):
                 m = by_label.get(label)
                 if m is None:
                     continue
-                category, typ = SEGMENT_CODES.get(label, (TISSUE, TISSUE))
+                _category, typ = SEGMENT_CODES.get(label, (TISSUE, TISSUE))
                 groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                     tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid(ctx, f"sr-track-{number}"),
                                                                  identifier=label[:64]),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import Field
-from scipy import ndimage
-
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params
 from radstream.consumers.operators.preprocess import labels_to_source
+from scipy import ndimage
+
 from radstream.events.models import Detection, Measurement
 
 
@@ -109,7 +109,7 @@ class HipDetections(Operator):
             min_px = max(1, int(p.min_pixels * scale))
             min_find = max(1, int(p.min_finding_pixels * scale))
             hip = np.isin(cls, p.femur + p.fracture + p.hardware)
-            comp, n = ndimage.label(hip, structure=np.ones((3, 3), dtype=bool))
+            comp, _n = ndimage.label(hip, structure=np.ones((3, 3), dtype=bool))
             sides = patient_side_of_columns(list(getattr(image.dataset, "PatientOrientation", []) or []))
             found: dict[str, Detection] = {}
             for idx, sl in enumerate(ndimage.find_objects(comp), start=1):

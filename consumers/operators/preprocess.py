@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import Field
-
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params, Volume
 
 

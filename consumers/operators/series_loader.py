@@ -7,8 +7,8 @@ from typing import Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-
 from radstream.consumers.operators.base import Context, Image2D, Operator, OperatorError, Params, Volume
+
 from radstream.store import path_for_uri
 
 

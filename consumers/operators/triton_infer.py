@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params, RetriableError
+
 from radstream.pipelines.operators_spec import InferencePipelineSpec
 from radstream.settings import Settings
 
@@ -27,6 +27,7 @@ class TritonParams(Params):
     timeout_s: float | None = None
     retries: int | None = None
     collect_statistics: bool = False  # read Triton's compute time around each call (benchmarks)
+    batch_dim: bool = False  # the model batches (max_batch_size > 0): send [1, ...] and strip it from outputs
 
 
 @dataclass
@@ -54,7 +55,7 @@ def _is_retriable(exc: BaseException) -> bool:
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
         msg = str(exc.message() or "").lower()
-        if status in _RETRIABLE_GRPC or status in ("400", "") and ("unavailable" in msg or "not ready" in msg):
+        if status in _RETRIABLE_GRPC or (status in ("400", "") and ("unavailable" in msg or "not ready" in msg)):
             return True
         return "connect" in msg or "unavailable" in msg or "timed out" in msg or "deadline" in msg
     return isinstance(exc, (ConnectionError, TimeoutError, OSError))
@@ -87,7 +88,7 @@ class TritonClient:
         if self._client is not None:
             try:
                 self._client.close()
-            except Exception:  # noqa: BLE001 - closing a broken client
+            except Exception:
                 pass
         self._client = None
 
@@ -165,7 +166,7 @@ class TritonInference(Operator):
                 return fn()
             except OperatorError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:
                 if not _is_retriable(exc) and not isinstance(exc, TritonUnavailable):
                     raise OperatorError(f"triton {what}: {exc}") from exc
                 if attempt == self.retries:
@@ -207,8 +208,11 @@ class TritonInference(Operator):
         outputs = []
         before = self.client.compute_ns(meta) if self.params.collect_statistics else None
         for x in ctx.model_inputs:
+            if self.params.batch_dim:
+                x = np.asarray(x)[None, ...]
             res = self._with_retries("infer", lambda x=x: self.client.infer(meta, {name: x}))
-            outputs.append(res[meta.outputs[0].name])
+            out = res[meta.outputs[0].name]
+            outputs.append(out[0] if self.params.batch_dim else out)
         if before is not None:
             after = self.client.compute_ns(meta)
             ctx.notes["triton_compute_ms"] = (after[0] - before[0]) / 1e6

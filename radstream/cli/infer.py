@@ -11,7 +11,9 @@ import typer
 from radstream.cli.context import settings
 
 
-def infer(pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="pipeline file name (pipelines/NAME.yaml)")]) -> None:
+def infer(
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="pipeline file name (pipelines/NAME.yaml)")],
+) -> None:
     """Consume radstream.requests.NAME and emit one InferenceCompleted/InferenceFailed per request."""
     from radstream.consumers.inference.worker import InferenceWorker
 

@@ -100,7 +100,7 @@ def serve(opts: ServeOptions) -> None:
         # the stub reads LD_LIBRARY_PATH at its own start; set it for this process and re-exec once
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], libpython_env())
     from pytriton.model_config import DynamicBatcher, ModelConfig
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
     ensure_repository(opts.repository)
     if opts.workspace is not None and opts.workspace.exists():
@@ -112,7 +112,11 @@ def serve(opts: ServeOptions) -> None:
         metrics_port=opts.metrics_port, metrics_address=opts.host, allow_gpu_metrics=False,
         exit_on_error=True, log_verbose=0,
     )
-    with Triton(config=config, workspace=opts.workspace) as triton:
+    # statistics stay open (read-only: the inference operator reads compute times from them);
+    # model-repository, shared-memory and the other control endpoints keep pytriton's token
+    endpoints = [e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"]
+    security = TritonSecurityConfig(restricted_endpoints=endpoints)
+    with Triton(config=config, workspace=opts.workspace, security_config=security) as triton:
         for spec in REFERENCE_MODELS:
             path = opts.repository / spec.name / spec.version / "model.onnx"
             triton.bind(
@@ -124,12 +128,13 @@ def serve(opts: ServeOptions) -> None:
                 config=ModelConfig(batching=False),
                 strict=True,
             )
-        # the wait model batches concurrent requests and waits once per batch, as a busy GPU does
+        # the wait model batches what queues for it and waits once per batch, as a busy GPU does
+        # (one instance: several pytriton instances fail their proxy handshake here)
         triton.bind(
             model_name=WAIT_MODEL,
             infer_func=_wait_infer(opts.wait_ms / 1000.0),
-            inputs=[_tensor("x", "float32", (-1,))],
-            outputs=[_tensor("y", "float32", (-1,))],
+            inputs=[_tensor("x", "float32", (-1, -1))],
+            outputs=[_tensor("y", "float32", (-1, -1))],
             config=ModelConfig(batching=True, max_batch_size=opts.wait_max_batch,
                                batcher=DynamicBatcher(max_queue_delay_microseconds=opts.wait_queue_delay_us)),
         )

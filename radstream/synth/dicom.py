@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

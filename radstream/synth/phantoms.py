@@ -51,7 +51,7 @@ class Grid:
 
 
 def ellipsoid(grid: Grid, centre: tuple[float, float, float], radii: tuple[float, float, float]) -> np.ndarray:
-    x, y, z = grid.coords()
+    x, y, _z = grid.coords()
     cx, cy, cz = centre
     rx, ry, rz = radii
     return np.asarray(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0)
@@ -62,7 +62,7 @@ def ellipsoid_ml(radii: tuple[float, float, float]) -> float:
 
 
 def cylinder_z(grid: Grid, centre_xy: tuple[float, float], radius: float) -> np.ndarray:
-    x, y, z = grid.coords()
+    x, y, _z = grid.coords()
     return np.broadcast_to(((x - centre_xy[0]) ** 2 + (y - centre_xy[1]) ** 2) <= radius**2, grid.shape)
 
 
@@ -93,7 +93,7 @@ def brain(grid: Grid, rng: np.random.Generator, lesion_centre: tuple[float, floa
 
 def abdomen(grid: Grid, rng: np.random.Generator, scale: float, split_x: float) -> Phantom:
     """Portal-venous-like abdominal CT: body, fat, spine, a two-lobed liver with vessels."""
-    x, y, z = grid.coords()
+    x, y, _z = grid.coords()
     body = np.broadcast_to(((x / 170.0) ** 2 + (y / 120.0) ** 2) <= 1.0, grid.shape)
     inner = np.broadcast_to(((x / 155.0) ** 2 + (y / 105.0) ** 2) <= 1.0, grid.shape)
     spine = cylinder_z(grid, (0.0, 70.0), 18.0)
@@ -135,7 +135,8 @@ def pelvis_radiograph(rows: int, cols: int, rng: np.random.Generator, findings: 
     c = (np.arange(cols)[None, :] + 0.5) / cols - shift[1]
     level = np.full((rows, cols), HIP_LEVEL["soft_tissue"])
     # pelvis: a bowl of two iliac wings joined by the sacrum (kept apart from the femurs)
-    wings = (((c - 0.5) / 0.40) ** 2 + ((r - 0.22) / 0.20) ** 2 <= 1.0) & (((c - 0.5) / 0.30) ** 2 + ((r - 0.17) / 0.12) ** 2 > 1.0)
+    outer = ((c - 0.5) / 0.40) ** 2 + ((r - 0.22) / 0.20) ** 2 <= 1.0
+    wings = outer & (((c - 0.5) / 0.30) ** 2 + ((r - 0.17) / 0.12) ** 2 > 1.0)
     sacrum = ((c - 0.5) / 0.07) ** 2 + ((r - 0.36) / 0.12) ** 2 <= 1.0
     level[wings | sacrum] = HIP_LEVEL["pelvis"]
     boxes: dict[str, list[float]] = {}

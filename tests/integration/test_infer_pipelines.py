@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from infer_support)
 """End to end on the real broker and a real Triton server: synthetic studies -> results.
 
 Requests are built from `radstream synth` files copied into a store (no SCP or aggregator
@@ -130,7 +131,8 @@ def test_triton_down_then_up_completes_and_impossible_request_fails_once(
     truth = synthesize(root, SynthConfig(seed=5, brain_patients=1, liver_patients=0, hip_patients=0, timepoints=2))
     (good, _), (doomed, _) = _requests(settings, root, truth)
     # impossible: an instance whose bytes are not in the store
-    doomed.series[0].instances[3].store_uri = (settings.store_root / "sha256" / "00" / "00" / ("0" * 64 + ".dcm")).as_uri()
+    missing = settings.store_root / "sha256" / "00" / "00" / ("0" * 64 + ".dcm")
+    doomed.series[0].instances[3].store_uri = missing.as_uri()
     producer = EventProducer(settings, "test-dispatcher")
     reader = ResultReader(settings, settings.topic("results"))
     dead = ResultReader(settings, settings.topic("deadletter"))

@@ -3,6 +3,7 @@ retries with exponential backoff, readiness checks, tensor names and types from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -86,10 +87,8 @@ class TritonClient:
 
     def reset(self) -> None:
         if self._client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken client
                 self._client.close()
-            except Exception:
-                pass
         self._client = None
 
     def ready(self, model: str, version: str) -> bool:

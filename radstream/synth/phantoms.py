@@ -51,7 +51,7 @@ class Grid:
 
 
 def ellipsoid(grid: Grid, centre: tuple[float, float, float], radii: tuple[float, float, float]) -> np.ndarray:
-    x, y, _z = grid.coords()
+    x, y, z = grid.coords()
     cx, cy, cz = centre
     rx, ry, rz = radii
     return np.asarray(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0)

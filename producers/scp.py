@@ -103,7 +103,7 @@ class IngestServer:
 
     def build_ae(self) -> AE:
         ae = AE(ae_title=self.settings.dicom.ae_title)
-        ae.maximum_pdu_size = self.settings.dicom.max_pdu_size
+        ae.maximum_pdu_size = self.settings.ingest.max_pdu_size
         ae.maximum_associations = self.settings.dicom.max_associations
         ae.require_called_aet = False  # checked against all configured titles in _on_requested
         syntaxes = list(self.settings.ingest.transfer_syntaxes)

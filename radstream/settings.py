@@ -97,6 +97,9 @@ class IngestSettings(BaseModel):
     publish_timeout_s: float = Field(5.0, gt=0, description="wait for Kafka's ack before using the outbox")
     outbox: bool = Field(True, description="queue events durably while Kafka is down (else refuse C-STORE)")
     linger_ms: float = Field(0.0, ge=0)
+    max_pdu_size: int = Field(
+        4 * 1024 * 1024, ge=0, description="largest PDU received; bounds memory per association (0 = unlimited)"
+    )
     metrics_port: int = Field(9110, ge=0, description="Prometheus /metrics; 0 = off")
     metrics_address: str = "127.0.0.1"
     tls: IngestTlsSettings = Field(default_factory=IngestTlsSettings)

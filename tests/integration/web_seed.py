@@ -7,6 +7,7 @@ study hold ``<script>`` to prove escaping.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ class Seeded:
     depth: int = 0
 
 
+def _uid(*parts: object) -> str:
+    """A deterministic 2.25 UID (radstream.synth.dicom.uid is random under pydicom 3 with prefix=None)."""
+    return "2.25." + str(int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:30], 16))
+
+
 def _bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -65,7 +71,7 @@ def _bytes(ds: Dataset) -> bytes:
 
 def _mr_series(ident: d.Identity, series_desc: str, radius_mm: float, depth: int = 12,
                size: int = 48) -> tuple[list[Dataset], np.ndarray]:
-    series_uid = d.uid(ident.study_uid, "series")
+    series_uid = _uid(ident.study_uid, "series")
     zz, yy, xx = np.mgrid[0:depth, 0:size, 0:size]
     spacing = 2.0
     dist = np.sqrt(((xx - size / 2) * spacing) ** 2 + ((yy - size / 2) * spacing) ** 2 + ((zz - depth / 2) * 3.0) ** 2)
@@ -74,7 +80,7 @@ def _mr_series(ident: d.Identity, series_desc: str, radius_mm: float, depth: int
     img = np.where(head, 400, 0) + np.where(lesion, 600, 0) + (xx * 3)
     out = []
     for k in range(depth):
-        ds = d.base_dataset(ident, MR, d.uid(ident.study_uid, "sop", k), series_uid, "MR", 3, series_desc, k + 1,
+        ds = d.base_dataset(ident, MR, _uid(ident.study_uid, "sop", k), series_uid, "MR", 3, series_desc, k + 1,
                             "HEAD")
         d.set_pixels(ds, img[k], 12)
         d.set_plane(ds, (-size, -size, k * 3.0), (spacing, spacing), 3.0, ident.frame_of_reference_uid)
@@ -148,8 +154,8 @@ def _write(conn: psycopg.Connection[Any], *events: InferenceRequested | Inferenc
 
 def _ident(n: str, tp: int, name: str, desc: str = "Brain MRI") -> d.Identity:
     return d.Identity(patient_id=f"PID-{n}", patient_name=name, birth_date="19600101", sex="F",
-                      study_uid=d.uid("web-test", n, tp), study_date=d.study_date(tp, 90), study_time="080000",
-                      accession=f"ACC{n}{tp}", study_description=desc, frame_of_reference_uid=d.uid("for", n, tp))
+                      study_uid=_uid("web-test", n, tp), study_date=d.study_date(tp, 90), study_time="080000",
+                      accession=f"ACC{n}{tp}", study_description=desc, frame_of_reference_uid=_uid("for", n, tp))
 
 
 def seed(settings: Settings) -> Seeded:
@@ -190,7 +196,7 @@ def seed(settings: Settings) -> Seeded:
         ident = _ident("H1", 0, "ROE^RICHARD", "Pelvis AP")
         rows_, cols = 120, 160
         pix = (np.add.outer(np.arange(rows_), np.arange(cols)) % 256 * 8).astype(np.uint16)
-        ds = d.base_dataset(ident, DX, d.uid(ident.study_uid, "dx"), d.uid(ident.study_uid, "dxs"), "DX", 1,
+        ds = d.base_dataset(ident, DX, _uid(ident.study_uid, "dx"), _uid(ident.study_uid, "dxs"), "DX", 1,
                             "PELVIS AP", 1, "PELVIS")
         d.set_pixels(ds, pix, 12)
         refs = _store_series(store, [ds], t0)

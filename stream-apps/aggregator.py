@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from radstream.stream_apps.grouping import AddOutcome, Aggregator, TimeoutPolicy
-from radstream.stream_apps.state_codec import SEP, StateRestorer, dirty_records
+from radstream.stream_apps.state_codec import StateRestorer, dirty_records, tombstones
 from radstream.stream_apps.txloop import Output, TxLoop
 
 from radstream.events.models import InstanceReceived, SeriesCompleted
@@ -93,9 +93,8 @@ class AggregatorWorker(TxLoop):
                 p = agg.patients.get(key)
                 if p is not None:
                     out.changelog += [(partition, k, v) for k, v in dirty_records(p)]
-            for key, series_keys in agg.purged.items():
-                out.changelog += [(partition, f"{key}{SEP}{a}{SEP}{b}", None) for a, b in series_keys]
-                out.changelog.append((partition, key, None))
+            for purged in agg.purged.values():
+                out.changelog += [(partition, k, v) for k, v in tombstones(purged)]
             agg.purged.clear()
         return out
 

@@ -155,6 +155,7 @@ class PatientState:
     sops: dict[str, tuple[str, str]] = field(default_factory=dict)
     # what changed since the owner last persisted this patient
     dirty_series: set[tuple[str, str]] = field(default_factory=set)
+    dirty_instances: list[tuple[tuple[str, str], str]] = field(default_factory=list)
     dirty_meta: bool = False
 
     def index(self) -> None:
@@ -168,8 +169,8 @@ class Aggregator:
         self.policy = policy
         self.producer = producer
         self.patients: dict[str, PatientState] = {}
-        # patients dropped (retention over) since the owner last looked: key -> their series keys
-        self.purged: dict[str, list[tuple[str, str]]] = {}
+        # patients dropped (retention over) since the owner last looked, to delete from the changelog
+        self.purged: dict[str, PatientState] = {}
 
     # -- input -----------------------------------------------------------------------------
     def add(self, ev: InstanceReceived, now: float) -> AddOutcome:
@@ -214,6 +215,7 @@ class Aggregator:
         p.last_seen = now
         p.sops[ev.sop_instance_uid] = sk
         p.dirty_series.add(sk)
+        p.dirty_instances.append((sk, ev.sop_instance_uid))
         p.dirty_meta = True
         return outcome
 
@@ -273,7 +275,7 @@ class Aggregator:
         if (not any(s.open for s in p.series.values()) and not any(st.open for st in p.studies.values())
                 and now >= p.last_seen + self.policy.retain_closed_s):
             del self.patients[key]
-            self.purged[key] = list(p.series)
+            self.purged[key] = p
         return out
 
     def expire_due(self, now: float) -> list[Event]:

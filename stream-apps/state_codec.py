@@ -1,8 +1,9 @@
-"""Changelog records of the aggregator's state: one record per patient plus one per series.
+"""Changelog records of the aggregator's state: one per patient, one per series, one per instance.
 
-Keys: ``<patient key>`` for the patient's studies and times, ``<patient key>\\x1f<study>\\x1f<series>``
-for a series with its instances. Values are compact JSON; ``None`` (a tombstone) deletes.
-Writing one record per changed series (not the whole patient) keeps each write bounded.
+Keys: ``<patient>`` for the patient's studies and times; ``<patient>\\x1f<study>\\x1f<series>`` for a
+series' attributes and timers; ``<patient>\\x1f<study>\\x1f<series>\\x1f<sop>`` for one instance.
+Values are compact JSON; ``None`` (a tombstone) deletes. An instance is written once, so the
+changelog grows with the number of instances, not with series size times updates.
 """
 
 from __future__ import annotations
@@ -41,16 +42,24 @@ def encode_meta(p: PatientState) -> bytes:
 
 
 def encode_series(s: SeriesState) -> bytes:
-    inst = [
-        [i.sop_instance_uid, i.sop_class_uid, i.store_uri, i.sha256, i.byte_size, i.instance_number,
-         i.position_along_normal, _ms(i.received_at)]
-        for i in s.instances.values()
-    ]
     data = [s.study_uid, s.series_uid, s.called_ae_title, s.calling_ae_title, s.accession_number, s.modality,
             s.body_part_examined, s.series_description, s.series_number, s.image_orientation_patient,
             s.slice_thickness, s.station_name, _ms(s.first_received_at), _ms(s.last_received_at), s.opened_at,
-            s.last_seen, s.revision, s.open, s.late, s.closed_at, inst]
-    return json.dumps({"v": 1, "s": data}, separators=(",", ":")).encode()
+            s.last_seen, s.revision, s.open, s.late, s.closed_at]
+    return json.dumps({"v": 2, "s": data}, separators=(",", ":")).encode()
+
+
+def encode_instance(i: InstanceRef) -> bytes:
+    return json.dumps([i.sop_instance_uid, i.sop_class_uid, i.store_uri, i.sha256, i.byte_size, i.instance_number,
+                       i.position_along_normal, _ms(i.received_at)], separators=(",", ":")).encode()
+
+
+def decode_instance(value: bytes) -> InstanceRef:
+    sop, cls, uri, sha, size, num, pos, recv = json.loads(value)
+    received = _dt(recv)
+    assert received is not None
+    return InstanceRef(sop_instance_uid=sop, sop_class_uid=cls, store_uri=uri, sha256=sha, byte_size=size,
+                       instance_number=num, position_along_normal=pos, received_at=received)
 
 
 def decode_study(row: list[Any]) -> StudyState:
@@ -61,16 +70,9 @@ def decode_study(row: list[Any]) -> StudyState:
 
 def decode_series(value: bytes) -> SeriesState:
     (study, series, called, calling, acc, modality, body, desc, number, iop, thick, station, first, last,
-     opened, last_seen, rev, is_open, late, closed, inst) = json.loads(value)["s"]
-    instances = {}
-    for sop, cls, uri, sha, size, num, pos, recv in inst:
-        received = _dt(recv)
-        assert received is not None
-        instances[sop] = InstanceRef(sop_instance_uid=sop, sop_class_uid=cls, store_uri=uri, sha256=sha,
-                                     byte_size=size, instance_number=num, position_along_normal=pos,
-                                     received_at=received)
+     opened, last_seen, rev, is_open, late, closed) = json.loads(value)["s"]
     return SeriesState(study, series, called, calling, acc, modality, body, desc, number, iop, thick, station,
-                       instances, _dt(first), _dt(last), opened, last_seen, rev, is_open, late, closed)
+                       {}, _dt(first), _dt(last), opened, last_seen, rev, is_open, late, closed)
 
 
 class StateRestorer:
@@ -79,9 +81,17 @@ class StateRestorer:
     def __init__(self) -> None:
         self.meta: dict[str, bytes] = {}
         self.series: dict[str, dict[tuple[str, str], bytes]] = {}
+        self.instances: dict[str, dict[tuple[str, str], dict[str, bytes]]] = {}
 
     def apply(self, key: str, value: bytes | None) -> None:
-        if SEP in key:
+        if key.count(SEP) == 3:
+            patient, study, series, sop = key.split(SEP, 3)
+            per_series = self.instances.setdefault(patient, {}).setdefault((study, series), {})
+            if value is None:
+                per_series.pop(sop, None)
+            else:
+                per_series[sop] = value
+        elif SEP in key:
             patient, study, series = key.split(SEP, 2)
             per = self.series.setdefault(patient, {})
             if value is None:
@@ -91,6 +101,7 @@ class StateRestorer:
         elif value is None:
             self.meta.pop(key, None)
             self.series.pop(key, None)
+            self.instances.pop(key, None)
         else:
             self.meta[key] = value
 
@@ -103,7 +114,9 @@ class StateRestorer:
                 st = decode_study(row)
                 p.studies[st.study_uid] = st
             for sk, value in self.series.get(key, {}).items():
-                p.series[sk] = decode_series(value)
+                ser = p.series[sk] = decode_series(value)
+                for sop, raw_inst in self.instances.get(key, {}).get(sk, {}).items():
+                    ser.instances[sop] = decode_instance(raw_inst)
             # a series record written without its study's meta (cannot happen in one transaction): drop
             for st in p.studies.values():
                 st.series_keys = [k for k in st.series_keys if k in p.series]
@@ -112,11 +125,25 @@ class StateRestorer:
         return out
 
 
-def dirty_records(p: PatientState) -> list[tuple[str, bytes]]:
+def dirty_records(p: PatientState) -> list[tuple[str, bytes | None]]:
     """Records for what changed in this patient since the last call; clears the dirty marks."""
-    recs = [(series_key(p.key, sk), encode_series(p.series[sk])) for sk in sorted(p.dirty_series)]
+    recs: list[tuple[str, bytes | None]] = [
+        (f"{series_key(p.key, sk)}{SEP}{sop}", encode_instance(p.series[sk].instances[sop]))
+        for sk, sop in p.dirty_instances]
+    recs += [(series_key(p.key, sk), encode_series(p.series[sk])) for sk in sorted(p.dirty_series)]
     if p.dirty_meta or recs:
         recs.append((p.key, encode_meta(p)))
     p.dirty_series.clear()
+    p.dirty_instances.clear()
     p.dirty_meta = False
+    return recs
+
+
+def tombstones(p: PatientState) -> list[tuple[str, bytes | None]]:
+    """Records that delete everything of a purged patient."""
+    recs: list[tuple[str, bytes | None]] = []
+    for sk, s in p.series.items():
+        recs += [(f"{series_key(p.key, sk)}{SEP}{sop}", None) for sop in s.instances]
+        recs.append((series_key(p.key, sk), None))
+    recs.append((p.key, None))
     return recs

@@ -12,7 +12,7 @@ from radstream.stream_apps.grouping import (
     Timeouts,
     position_along_normal,
 )
-from radstream.stream_apps.state_codec import StateRestorer, dirty_records
+from radstream.stream_apps.state_codec import StateRestorer, dirty_records, tombstones
 
 from radstream.events.models import CompletionReason, InstanceReceived, SeriesCompleted, StudyCompleted
 
@@ -204,6 +204,12 @@ def test_closed_patients_are_purged_after_retention() -> None:
     c = Clock()
     a = Aggregator(TimeoutPolicy(Timeouts(1, 1, 100), retain_closed_s=50))
     a.add(inst(sop="a"), c())
+    restorer = StateRestorer()
     assert len(a.expire_due(c.advance(1))) == 2
+    for k, v in dirty_records(a.patients["P1"]):
+        restorer.apply(k, v)
     a.expire_due(c.advance(100))
     assert "P1" not in a.patients and list(a.purged) == ["P1"]
+    for k, v in tombstones(a.purged["P1"]):
+        restorer.apply(k, v)
+    assert restorer.patients() == {} and restorer.instances.get("P1", {}) == {}

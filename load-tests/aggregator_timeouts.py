@@ -31,7 +31,7 @@ from radstream.events.models import SeriesCompleted
 
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def main() -> None:
@@ -99,7 +99,8 @@ def main() -> None:
         decided = [(seen[k][0] - last_ack[k]) / args.quiet for k in seen]
         observed = [(seen[k][1] - last_ack[k]) / args.quiet for k in seen]
         goal = 1 + args.timer / args.quiet + 0.05
-        print(f"{len(seen)}/{args.series} series closed; quiet {args.quiet}s, timer {args.timer}s; goal p99 <= {goal:.3f}")
+        print(f"{len(seen)}/{args.series} series closed; quiet {args.quiet}s, timer {args.timer}s; "
+              f"goal p99 <= {goal:.3f}")
         print(f"decision (occurred_at):   p50 {pct(decided, .5):.3f}  p99 {pct(decided, .99):.3f}  "
               f"min {min(decided):.3f}  max {max(decided):.3f}")
         print(f"visible to a consumer:    p50 {pct(observed, .5):.3f}  p99 {pct(observed, .99):.3f}  "

@@ -8,6 +8,7 @@ transaction as the events and the consumed offsets (see :mod:`radstream.stream_a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 from radstream.stream_apps.grouping import AddOutcome, Aggregator, TimeoutPolicy
@@ -30,9 +31,9 @@ class AggregatorWorker(TxLoop):
 
     def __init__(self, settings: Settings, clock: Callable[[], float] | None = None) -> None:
         a = settings.aggregator
-        kwargs = {"clock": clock} if clock else {}
         super().__init__(settings, a.group_id, [settings.topic("instances")],
-                         settings.topic("aggregator.changelog"), a.timer_interval_s, a.batch_size, **kwargs)
+                         settings.topic("aggregator.changelog"), a.timer_interval_s, a.batch_size,
+                         clock=clock or time.time)
         self.policy = TimeoutPolicy.from_settings(a)
         self.aggs: dict[int, Aggregator] = {}
         self.series_topic = settings.topic("series")

@@ -110,6 +110,21 @@ class DispatchState:
             out.changelog.append((SEP.join(("p", ev.patient_key, ev.study_instance_uid)), self.codec.encode(ev)))
         return out
 
+    def purge(self, older_than: float) -> list[tuple[str, bytes | None]]:
+        """Forget studies whose newest series arrived before ``older_than`` (epoch s); tombstones."""
+        out: list[tuple[str, bytes | None]] = []
+        for (patient, study), known in list(self.series.items()):
+            if known and max(s.last_received_at.timestamp() for s in known.values()) >= older_than:
+                continue
+            out += [(SEP.join(("s", patient, study, uid)), None) for uid in known]
+            del self.series[(patient, study)]
+            if self.pending.pop((patient, study), None) is not None:
+                out.append((SEP.join(("p", patient, study)), None))
+            for fkey in [k for k in self.fired if k[1:] == (patient, study)]:
+                del self.fired[fkey]
+                out.append((SEP.join(("f", *fkey)), None))
+        return out
+
     # -- internals -------------------------------------------------------------------------
     def _complete(self, st: StudyCompleted) -> bool:
         known = self.series.get((st.patient_key, st.study_instance_uid), {})

@@ -32,7 +32,8 @@ class DispatcherWorker(TxLoop):
     def __init__(self, settings: Settings, pipelines: list[PipelineSpec] | None = None) -> None:
         self.pipelines = pipelines if pipelines is not None else load_pipelines(settings.dispatcher.pipelines_dir)
         super().__init__(settings, settings.dispatcher.group_id, [settings.topic("series"), settings.topic("studies")],
-                         settings.topic("dispatcher.changelog"), timer_interval_s=3600.0)
+                         settings.topic("dispatcher.changelog"), timer_interval_s=60.0)
+        self.retain_s = settings.aggregator.retain_closed_s
         self.states: dict[int, DispatchState] = {}
         self.requested = 0
 
@@ -66,7 +67,13 @@ class DispatcherWorker(TxLoop):
         return out
 
     def tick(self, partitions: set[int], now: float) -> Output:
-        return Output()
+        """Forget studies older than the aggregator's retention (late data can no longer re-open them)."""
+        out = Output()
+        for p in partitions:
+            state = self.states.get(p)
+            if state is not None:
+                out.changelog += [(p, k, v) for k, v in state.purge(now - self.retain_s)]
+        return out
 
 
 def run(settings: Settings) -> None:

@@ -101,3 +101,15 @@ def test_state_is_restored_from_its_changelog_records() -> None:
         again.apply(k, v)
     (req,) = again.on_series(b).requests
     assert {s.series_instance_uid for s in req.series} == {"x1", "x2"}
+
+
+def test_old_studies_are_purged_with_tombstones() -> None:
+    codec = SingleObjectCodec()
+    st = DispatchState([pipe("h", "STUDY_COMPLETE")], codec)
+    a = series("x1", "A", 1)
+    st.on_series(a)
+    st.on_study(study(a, series("x2", "B", 1)))  # waits for x2
+    assert st.purge(T0.timestamp()) == []  # not older than the cut-off
+    recs = st.purge(T0.timestamp() + 1)
+    assert {k.split("\x1f")[0] for k, v in recs} == {"s", "p"} and all(v is None for _, v in recs)
+    assert st.series == {} and st.pending == {}

@@ -29,6 +29,8 @@ STAGES = (
     " ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS s_detections (LIKE detections, event_id text NOT NULL)"
     " ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS s_source_instances (LIKE source_instances INCLUDING DEFAULTS)"
+    " ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS s_touched_results (result_id text, event_id text, was_update boolean)"
     " ON COMMIT DELETE ROWS",
 )
@@ -36,6 +38,8 @@ STAGES = (
 PATIENT_COLS = ("patient_key", "first_seen_at", "last_seen_at")
 STUDY_COLS = ("study_instance_uid", "patient_key", "accession_number", "study_date", "first_received_at",
               "last_received_at")
+SOURCE_INSTANCE_COLS = ("sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid",
+                        "store_uri", "instance_number", "position_along_normal", "received_at")
 SERIES_COLS = ("series_instance_uid", "study_instance_uid", "revision", "modality", "series_description",
                "instance_count")
 REQUEST_COLS = ("request_id", "event_id", "patient_key", "study_instance_uid", "accession_number", "pipeline",
@@ -80,6 +84,8 @@ class ResultRows:
     results: list[tuple[Any, ...]] = field(default_factory=list)
     measurements: list[tuple[Any, ...]] = field(default_factory=list)
     detections: list[tuple[Any, ...]] = field(default_factory=list)
+    # where each source instance lies in the store (the review app's viewer reads it)
+    source_instances: list[tuple[Any, ...]] = field(default_factory=list)
 
     def add(self, event: Event) -> None:
         """Add the rows of one event (raises ValueError/TypeError for an event that cannot be stored)."""
@@ -108,6 +114,11 @@ class ResultRows:
         for s in e.series:
             self.series.append((_require(s.series_instance_uid, "series_instance_uid"), e.study_instance_uid,
                                 s.revision, s.modality, s.series_description, len(s.instances)))
+            self.source_instances.extend(
+                (i.sop_instance_uid, s.series_instance_uid, e.study_instance_uid, i.sop_class_uid, i.store_uri,
+                 i.instance_number, i.position_along_normal, i.received_at)
+                for i in s.instances
+            )
         self.requests.append((
             _require(e.request_id, "request_id"), e.event_id, e.patient_key, e.study_instance_uid,
             e.accession_number, e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow,
@@ -227,6 +238,14 @@ MERGE_SQL = (
 )
 
 
+MERGE_SOURCE_INSTANCES = f"""
+    INSERT INTO source_instances ({", ".join(SOURCE_INSTANCE_COLS)})
+    SELECT DISTINCT ON (sop_instance_uid) {", ".join(SOURCE_INSTANCE_COLS)} FROM s_source_instances
+    ORDER BY sop_instance_uid, received_at DESC
+    ON CONFLICT (sop_instance_uid) DO UPDATE SET store_uri = EXCLUDED.store_uri,
+        instance_number = EXCLUDED.instance_number, position_along_normal = EXCLUDED.position_along_normal"""
+
+
 def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
     """Merge one batch in one transaction (``conn`` in autocommit mode)."""
     ensure_stages(conn, STAGES)
@@ -237,6 +256,8 @@ def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
             copy_rows(cur, "s_series", SERIES_COLS, rows.series)
         if rows.requests:
             copy_rows(cur, "s_requests", REQUEST_COLS, rows.requests)
+        if rows.source_instances:
+            copy_rows(cur, "s_source_instances", SOURCE_INSTANCE_COLS, rows.source_instances)
         if rows.results:
             copy_rows(cur, "s_results", RESULT_COLS, rows.results)
         if rows.measurements:
@@ -245,3 +266,5 @@ def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
             copy_rows(cur, "s_detections", DETECTION_COLS, rows.detections)
         for statement in MERGE_SQL:
             cur.execute(statement.encode("utf-8"))
+        if rows.source_instances:
+            cur.execute(MERGE_SOURCE_INSTANCES.encode("utf-8"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -20,7 +21,10 @@ BASE_DATE = date(2024, 1, 15)
 
 def uid(*parts: object) -> str:
     """A deterministic UID (2.25 form) from the given parts."""
-    return str(generate_uid(prefix=None, entropy_srcs=["radstream-synth", *map(str, parts)]))
+    # pydicom's generate_uid(prefix=None) ignores entropy_srcs (it returns a random UUID UID),
+    # so derive the 2.25 UID from a hash of the parts: same seed, same UIDs.
+    digest = hashlib.sha256("\x00".join(["radstream-synth", *map(str, parts)]).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ def test_results_land_once_when_delivered_twice(pg_settings: Settings) -> None:
     assert _count(s, "detections") == n - 5
     assert _count(s, "blinding_map") == n - 5
     assert _count(s, "studies") == n and _count(s, "patients") == 7 and _count(s, "series") == n
+    # the viewer's index of where each source instance lies in the store, once per instance
+    instances = sum(len(se.instances) for r in reqs for se in r.series)
+    assert instances > 0 and _count(s, "source_instances") == instances
     assert scalar(s, "SELECT count(*) FROM results WHERE status = 'failed'") == 5
     assert scalar(s, "SELECT series_description FROM series LIMIT 1") == "T1 post <contrast>"
     # a failure of a result that already completed does not replace it; a retry's success replaces a failure

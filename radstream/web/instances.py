@@ -17,9 +17,11 @@ _INSERT = """INSERT INTO source_instances (sop_instance_uid, series_instance_uid
 
 
 def index_request(conn: psycopg.Connection[Any], event: InferenceRequested) -> int:
-    # The results sink fills this table in its batches (radstream.db.results_writer); this
-    # single-request path serves tests that seed the viewer without running the sink.
-    """Record where every instance of the request's selected series lies; idempotent."""
+    """Record where every instance of the request's selected series lies; idempotent.
+
+    The results sink fills the same table in its batches (radstream.db.results_writer); this
+    one-request path serves callers that seed the viewer without running the sink.
+    """
     rows = [
         (i.sop_instance_uid, s.series_instance_uid, event.study_instance_uid, i.sop_class_uid, i.store_uri,
          i.instance_number, i.position_along_normal, i.received_at)

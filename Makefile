@@ -8,10 +8,10 @@ demo: bootstrap
 	.venv/bin/radstream demo
 
 test: bootstrap
-	.venv/bin/pytest -q
+	.venv/bin/pytest -q --basetemp=.pytest-tmp
 
 test-unit: bootstrap
-	.venv/bin/pytest -q -m unit
+	.venv/bin/pytest -q -m unit --basetemp=.pytest-tmp
 
 lint: bootstrap
 	.venv/bin/ruff check .

@@ -9,9 +9,8 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.service_class import StorageServiceClass
-
+from pynetdicom.sop_class import uid_to_service_class
 from radstream.producers.structure import Layout, MalformedDataset, check_layout, file_meta_end
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -29,8 +28,8 @@ class Rejected(Exception):
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
-        self.status = status
-        self.reason = reason
+        self.status: int = status
+        self.reason: str = reason
 
 
 @dataclass(slots=True)

@@ -14,13 +14,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from confluent_kafka import KafkaError, Message
+from radstream.producers.metrics import IngestMetrics
+from radstream.producers.outbox import Outbox, OutboxRecord
 
 from radstream.events.models import Event
 from radstream.kafka.producer import EventProducer
-from radstream.producers.metrics import IngestMetrics
-from radstream.producers.outbox import Outbox, OutboxRecord
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class Publisher:
         self.metrics = metrics
         self.timeout = settings.ingest.publish_timeout_s
         self.enabled = settings.ingest.publish
-        self.producer = EventProducer(settings, client_id, **{"linger.ms": settings.ingest.linger_ms})
+        overrides: dict[str, Any] = {"linger.ms": settings.ingest.linger_ms}
+        self.producer = EventProducer(settings, client_id, **overrides)
         self.codec = self.producer.codec
         self.outbox: Outbox | None = (
             Outbox(settings.home / "ingest" / "outbox.sqlite3") if settings.ingest.outbox else None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -32,7 +32,7 @@ def write_series(
     rng = np.random.default_rng(seed)
     study = study_uid or generate_uid()
     series = generate_uid()
-    sop_class = CT_IMAGE if modality == "CT" else MR_IMAGE
+    sop_class = UID(CT_IMAGE if modality == "CT" else MR_IMAGE)
     pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16)
     paths: list[Path] = []
     for i in range(count):

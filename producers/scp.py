@@ -20,12 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-
-from radstream import __version__
-from radstream.events.models import DeadLetter, InstanceReceived
-from radstream.patient_key import patient_key
 from radstream.producers.header import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -41,6 +38,10 @@ from radstream.producers.header import (
 )
 from radstream.producers.metrics import IngestMetrics
 from radstream.producers.publisher import Publisher, PublishFailed, Route
+
+from radstream import __version__
+from radstream.events.models import DeadLetter, InstanceReceived
+from radstream.patient_key import patient_key
 from radstream.settings import Settings
 from radstream.store import ContentStore
 
@@ -108,7 +109,8 @@ class IngestServer:
         ae.require_called_aet = False  # checked against all configured titles in _on_requested
         syntaxes = list(self.settings.ingest.transfer_syntaxes)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, syntaxes)
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification, VERIFICATION_TS)
         return ae
 
@@ -132,7 +134,9 @@ class IngestServer:
         ]
         ae = self.build_ae()
         address = (self.settings.dicom.bind_address, self.settings.dicom.port)
-        self.server = ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=tls_context(self.settings))
+        self.server = ae.start_server(
+            address, block=False, evt_handlers=handlers, ssl_context=tls_context(self.settings)
+        )
         threading.Thread(target=self._sweep_loop, name="ingest-sweep", daemon=True).start()
         log.info(
             "ingest SCP listening on %s:%d, AE titles %s, publishing %s",
@@ -156,6 +160,7 @@ class IngestServer:
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
+        assert primitive is not None
         called = str(primitive.called_ae_title).strip()
         calling = str(primitive.calling_ae_title).strip()
         peer = str(assoc.requestor.address)
@@ -187,16 +192,18 @@ class IngestServer:
 
     def _on_echo(self, event: evt.Event) -> int:
         self.metrics.echoes.inc()
-        return SUCCESS
+        return int(SUCCESS)
 
     # --- C-STORE ---
 
     def _on_store(self, event: evt.Event) -> int:
         assoc = event.assoc
-        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        primitive = assoc.requestor.primitive
+        called = str(primitive.called_ae_title if primitive else assoc.acceptor.ae_title).strip()
         calling = str(assoc.requestor.ae_title).strip()
         peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
         req = event.request
+        assert isinstance(req, C_STORE)
         path: Path | None = None
         pixel_offset: int | None = None
         try:
@@ -213,7 +220,7 @@ class IngestServer:
             except OSError as exc:
                 log.error("store write failed (%s); answering 0xA700", type(exc).__name__)
                 self.metrics.failures.labels(f"0x{OUT_OF_RESOURCES:04X}").inc()
-                return OUT_OF_RESOURCES
+                return int(OUT_OF_RESOURCES)
             self.metrics.store_seconds.observe(time.perf_counter() - started)
             if stored.existed:
                 self.metrics.duplicates.inc()
@@ -225,14 +232,14 @@ class IngestServer:
                 except PublishFailed as exc:
                     log.error("event not published nor queued (%s); answering 0xA700", exc)
                     self.metrics.failures.labels(f"0x{OUT_OF_RESOURCES:04X}").inc()
-                    return OUT_OF_RESOURCES
+                    return int(OUT_OF_RESOURCES)
             self.metrics.instances.labels(called).inc()
             self.metrics.bytes.labels(called).inc(stored.byte_size)
             log.debug("stored %s bytes=%d route=%s", header.sop_instance_uid, stored.byte_size, route.value)
-            return SUCCESS
+            return int(SUCCESS)
         except Rejected as rej:
             self._reject(rej, path, pixel_offset, calling, called, peer)
-            return rej.status
+            return int(rej.status)
 
     def _event(
         self, h: Header, sha: str, size: int, uri: str, calling: str, called: str, peer: str

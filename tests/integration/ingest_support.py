@@ -16,11 +16,11 @@ from typing import Any
 import pydicom
 from confluent_kafka import Consumer
 from pydicom.data import get_testdata_files
+from radstream.producers.scp import IngestServer
 
 from radstream.devenv.process import free_port
 from radstream.events.codec import codec_for
 from radstream.events.models import Event
-from radstream.producers.scp import IngestServer
 from radstream.settings import Settings
 from radstream.store import path_for_uri
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from radstream.producers.sample_series import write_series
+from radstream.producers.scu import SendResult, send_paths
 
 from radstream.devenv.kafka import KafkaServer
 from radstream.devenv.process import ManagedProcess, free_port, port_open
 from radstream.events.models import InstanceReceived
 from radstream.kafka.topics import create_topics
-from radstream.producers.sample_series import write_series
-from radstream.producers.scu import SendResult, send_paths
 from radstream.settings import Settings
 from tests.integration.ingest_support import child_env, consume, ingest_settings, running_ingest, stored_bytes
 from tests.waiting import eventually

@@ -3,6 +3,7 @@ nothing outside the store, and the SCP keeps serving."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -13,11 +14,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config, build_context
-
-from radstream.events.models import DeadLetter, InstanceReceived
 from radstream.producers.sample_series import write_series
 from radstream.producers.scu import send_paths
 from radstream.producers.structure import file_meta_end
+
+from radstream.events.models import DeadLetter, InstanceReceived
 from radstream.settings import Settings
 from tests.integration.ingest_support import consume, ingest_settings, running_ingest
 from tests.waiting import eventually
@@ -203,7 +204,5 @@ def test_association_dropped_mid_transfer(kafka_settings: Settings, tmp_path: Pa
 
 
 def _quiet(fn: object, *args: object) -> None:
-    try:
+    with contextlib.suppress(Exception):
         fn(*args)  # type: ignore[operator]
-    except Exception:
-        pass

@@ -17,10 +17,10 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE
-
-from radstream.events.models import InstanceReceived
 from radstream.producers.scu import send_paths
 from radstream.producers.structure import file_meta_end
+
+from radstream.events.models import InstanceReceived
 from radstream.settings import Settings
 from tests.integration.ingest_support import (
     SampleFile,
@@ -59,7 +59,9 @@ def _check(
             if by_key[(e.sop_instance_uid, e.sha256)] > 1]
     assert not dups, f"duplicate events: {dups}"
     got = {(e.sop_instance_uid, e.transfer_syntax_uid) for e in received}
-    missing = [(f.path.name, f.transfer_syntax_uid) for f in samples if (f.sop_instance_uid, f.transfer_syntax_uid) not in got]
+    missing = [
+        (f.path.name, f.transfer_syntax_uid) for f in samples if (f.sop_instance_uid, f.transfer_syntax_uid) not in got
+    ]
     assert not missing, f"no event in the sent transfer syntax for {missing}"
     assert len(received) == len(samples)
     by_sop: dict[str, list[InstanceReceived]] = {}
@@ -139,9 +141,10 @@ def test_dcmtk_storescu_sends_pydicom_testdata(kafka_settings: Settings, samples
                 capture_output=True, text=True, timeout=120, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
             )
             # files dcmtk itself cannot read are never sent (e.g. an odd-length RLE frame)
+            log = out.stdout + out.stderr
             unreadable |= set(re.findall(
-                r"(?:No SOP Class or Instance UID|missing SOP class \(or instance\)) in file: ([^\s,]+)", out.stdout + out.stderr))
-            failed = [line for line in (out.stdout + out.stderr).splitlines() if "Store SCU Failed" in line or "Store Failed" in line]
+                r"(?:No SOP Class or Instance UID|missing SOP class \(or instance\)) in file: ([^\s,]+)", log))
+            failed = [line for line in log.splitlines() if "Store SCU Failed" in line or "Store Failed" in line]
             assert len(failed) <= len(unreadable), out.stderr[-2000:]
         assert len(unreadable) <= 2, unreadable
         samples = [f for f in samples if str(f.path) not in unreadable]

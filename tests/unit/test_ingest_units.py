@@ -9,11 +9,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.filereader import read_file_meta_info
-
 from radstream.producers.header import CANNOT_UNDERSTAND, DOES_NOT_MATCH, Rejected, header_bytes, read_header, valid_uid
 from radstream.producers.outbox import Outbox
 from radstream.producers.scp import event_id_for
 from radstream.producers.structure import MalformedDataset, check_layout, file_meta_end
+
 from radstream.store import ContentStore, path_for_uri
 
 pytestmark = pytest.mark.unit

@@ -162,14 +162,15 @@ def _pct(v: float | None) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'pipeline':<13} {'patient':<9} {'tp':>2} {'date':<9} {'status':<10} {'measured':<46} " \
+    measured_text = [", ".join(f"{k} {v:.1f} mL" for k, v in sorted(r.measured.items())) for r in rows]
+    width = max([len("measured"), *map(len, measured_text)])
+    head = f"{'pipeline':<13} {'patient':<9} {'tp':>2} {'date':<9} {'status':<10} {'measured':<{width}} " \
            f"{'Δbaseline':>9} {'Δprior':>8} {'prog':<5} {'ok':<3} note"
     lines = [head, "-" * len(head)]
-    for r in rows:
-        measured = ", ".join(f"{k} {v:.1f} mL" for k, v in sorted(r.measured.items()))
+    for r, measured in zip(rows, measured_text, strict=True):
         prog = "" if r.progression is None else ("YES" if r.progression else "no")
         lines.append(
-            f"{r.pipeline:<13} {r.patient:<9} {r.timepoint:>2} {r.study_date:<9} {r.status:<10} {measured[:46]:<46} "
+            f"{r.pipeline:<13} {r.patient:<9} {r.timepoint:>2} {r.study_date:<9} {r.status:<10} {measured:<{width}} "
             f"{_pct(r.change_baseline_pct):>9} {_pct(r.change_prior_pct):>8} {prog:<5} {'✓' if r.ok else '✗':<3} "
             f"{r.note}"
         )

@@ -56,7 +56,9 @@ class ServeOptions:
     workspace: Path | None = None
 
 
-def _onnx_infer(spec: ModelSpec, model_path: Path, threads: int) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
+def _onnx_infer(
+    spec: ModelSpec, model_path: Path, threads: int
+) -> Callable[[list[Any]], list[dict[str, np.ndarray[Any, Any]]]]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -65,15 +67,15 @@ def _onnx_infer(spec: ModelSpec, model_path: Path, threads: int) -> Callable[[li
     session = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
     in_name, out_name = spec.inputs[0].name, spec.outputs[0].name
 
-    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray[Any, Any]]]:
         return [{out_name: session.run([out_name], {in_name: np.asarray(r[in_name], dtype=np.float32)})[0]}
                 for r in requests]
 
     return infer
 
 
-def _wait_infer(wait_s: float) -> Callable[[list[Any]], list[dict[str, np.ndarray]]]:
-    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
+def _wait_infer(wait_s: float) -> Callable[[list[Any]], list[dict[str, np.ndarray[Any, Any]]]]:
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray[Any, Any]]]:
         time.sleep(wait_s)  # stands in for time spent waiting on a busy accelerator
         return [{"y": np.asarray(r["x"], dtype=np.float32)} for r in requests]
 

@@ -6,11 +6,12 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -53,8 +54,8 @@ def base_dataset(ident: Identity, sop_class: str, sop_uid: str, series_uid: str,
                  series_number: int, series_description: str, instance_number: int, body_part: str) -> Dataset:
     """Patient, General Study, Patient Study, General Series, General Equipment, General Image, SOP Common."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "RADSTREAM_SYN"
@@ -105,7 +106,7 @@ def base_dataset(ident: Identity, sop_class: str, sop_uid: str, series_uid: str,
     return ds
 
 
-def set_pixels(ds: Dataset, pixels: np.ndarray, bits_stored: int, signed: bool = False) -> None:
+def set_pixels(ds: Dataset, pixels: np.ndarray[Any, Any], bits_stored: int, signed: bool = False) -> None:
     """Image Pixel module for a MONOCHROME2 16-bit frame."""
     arr = pixels.astype(np.int16 if signed else np.uint16)
     ds.SamplesPerPixel = 1

@@ -82,7 +82,7 @@ def _identity(kind: str, n: int, tp: int, cfg: SynthConfig, description: str, se
     )
 
 
-def _volume_series(out: Path, ident: d.Identity, grid: Grid, image: np.ndarray, *, kind: str, sop_class: str,
+def _volume_series(out: Path, ident: d.Identity, grid: Grid, image: np.ndarray[Any, Any], *, kind: str, sop_class: str,
                    modality: str, description: str, series_number: int, body_part: str,
                    extra: dict[str, Any], ct: bool) -> SeriesTruth:
     series_uid = d.uid(ident.study_uid, series_number, "series")
@@ -154,7 +154,7 @@ def _liver_study(root: Path, cfg: SynthConfig, n: int, tp: int, rng: np.random.G
                       tp, [s], {"volumes_ml": vol, "voxel_ml": grid.voxel_ml})
 
 
-def _dx_dataset(ident: d.Identity, sop_uid: str, series_uid: str, k: int, pixels: np.ndarray,
+def _dx_dataset(ident: d.Identity, sop_uid: str, series_uid: str, k: int, pixels: np.ndarray[Any, Any],
                 spacing: float) -> Dataset:
     ds = d.base_dataset(ident, d.DX_PRESENTATION_STORAGE, sop_uid, series_uid, "DX", 1, "PELVIS AP", k + 1, "PELVIS")
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
@@ -250,7 +250,7 @@ def synthesize(out: Path, cfg: SynthConfig | None = None) -> dict[str, Any]:
             studies.append(_liver_study(out, cfg, n, tp, np.random.default_rng([cfg.seed, 2, n, tp]), plan))
         for n, plan in enumerate(plans["hip"]):
             studies.append(_hip_study(out, cfg, n, tp, np.random.default_rng([cfg.seed, 3, n, tp]), plan))
-    truth = {
+    truth: dict[str, Any] = {
         "format": "radstream-synth-ground-truth", "format_version": FORMAT_VERSION, "seed": cfg.seed,
         "note": "Synthetic phantoms, not patient images. " + REFERENCE_NOTE,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},

@@ -7,6 +7,7 @@ rasterised mask (its voxel count times the voxel volume), and the analytic volum
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Grid:
         dz, dy, dx = self.spacing
         return (-(nx - 1) / 2 * dx, -(ny - 1) / 2 * dy, -(nz - 1) / 2 * dz)
 
-    def coords(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def coords(self) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Patient x, y, z of every voxel centre (broadcastable arrays, LPS)."""
         nz, ny, nx = self.shape
         dz, dy, dx = self.spacing
@@ -50,7 +51,9 @@ class Grid:
         return dz * dy * dx / 1000.0
 
 
-def ellipsoid(grid: Grid, centre: tuple[float, float, float], radii: tuple[float, float, float]) -> np.ndarray:
+def ellipsoid(
+    grid: Grid, centre: tuple[float, float, float], radii: tuple[float, float, float]
+) -> np.ndarray[Any, Any]:
     x, y, z = grid.coords()
     cx, cy, cz = centre
     rx, ry, rz = radii
@@ -61,15 +64,15 @@ def ellipsoid_ml(radii: tuple[float, float, float]) -> float:
     return float(4.0 / 3.0 * np.pi * radii[0] * radii[1] * radii[2] / 1000.0)
 
 
-def cylinder_z(grid: Grid, centre_xy: tuple[float, float], radius: float) -> np.ndarray:
+def cylinder_z(grid: Grid, centre_xy: tuple[float, float], radius: float) -> np.ndarray[Any, Any]:
     x, y, _z = grid.coords()
     return np.broadcast_to(((x - centre_xy[0]) ** 2 + (y - centre_xy[1]) ** 2) <= radius**2, grid.shape)
 
 
 @dataclass
 class Phantom:
-    image: np.ndarray  # float, modality units
-    masks: dict[str, np.ndarray]
+    image: np.ndarray[Any, Any]  # float, modality units
+    masks: dict[str, np.ndarray[Any, Any]]
     analytic_ml: dict[str, float]
 
 
@@ -123,7 +126,7 @@ HIP_FINDINGS = ("normal", "fracture", "hardware")
 
 @dataclass
 class Radiograph:
-    pixels: np.ndarray  # uint16, 12 bits stored
+    pixels: np.ndarray[Any, Any]  # uint16, 12 bits stored
     boxes: dict[str, list[float]]  # patient side -> [col0, row0, col1, row1] of the hip (proximal femur)
 
 

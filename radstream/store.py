@@ -74,36 +74,43 @@ class ContentStore:
             raise ValueError("not a lowercase hex SHA-256")
         return self.objects / sha256[:2] / sha256[2:4] / f"{sha256}.dcm"
 
+    @staticmethod
+    def _intact(path: Path, sha256: str) -> bool:
+        """A stored object is kept only if its bytes still hash to its name (a crash between
+        linking and fsync could have left it short)."""
+        try:
+            return hash_file(path)[0] == sha256
+        except OSError:
+            return False
+
     def uri_for(self, sha256: str) -> str:
         return self.path_for(sha256).as_uri()
 
     def add_file(self, src: Path, *, move: bool = False) -> StoredObject:
         """Make ``src`` (a file under :attr:`incoming`) a durable object.
 
-        The file is fsynced, hashed and hard-linked (or renamed with ``move``) to its
-        content address; the directory entry is fsynced too. Adding content that is
-        already stored keeps the first copy.
+        The file is hashed, hard-linked to its content address (atomically, via a temporary
+        name), fsynced, and the directory entry is fsynced too. Content already stored (and
+        still intact) is kept; the incoming file is removed with ``move``.
         """
-        fd = os.open(src, os.O_RDONLY)
+        sha, size = hash_file(src)
+        dest = self.path_for(sha)
+        existed = dest.exists() and self._intact(dest, sha)
+        if not existed:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # link (or rename) first, then one fsync of the file: on a journalling file system it
+            # commits the data and the new name together, and the directory fsync finds little left
+            tmp_name = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}")
+            os.link(src, tmp_name)
+            os.replace(tmp_name, dest)
+        fd = os.open(dest, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        sha, size = hash_file(src)
-        dest = self.path_for(sha)
-        existed = dest.exists()
         if not existed:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                if move:
-                    os.replace(src, dest)
-                else:
-                    os.link(src, dest)
-            except FileExistsError:
-                existed = True
-            else:
-                _fsync_dir(dest.parent)
-        if move and existed:
+            _fsync_dir(dest.parent)
+        if move:
             with contextlib.suppress(FileNotFoundError):
                 src.unlink()
         return StoredObject(sha, size, dest, dest.as_uri(), existed)

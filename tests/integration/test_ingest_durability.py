@@ -81,7 +81,8 @@ def test_kill9_mid_series_then_resend(kafka_settings: Settings, tmp_path: Path) 
                 os.killpg(pid, signal.SIGKILL)
                 killed.set()
 
-    first = send_paths(files, port=s.dicom.port, associations=2, on_result=on_result)
+    # a short DIMSE timeout: a sender whose peer vanished gives up quickly
+    first = send_paths(files, port=s.dicom.port, associations=2, on_result=on_result, timeout_s=5)
     assert killed.is_set()
     assert 80 <= first.ok < 200, first.line()
     eventually(lambda: not proc.running(), timeout=10, what="the SCP to die")

@@ -143,3 +143,14 @@ def test_outbox_keeps_order_across_reopen(tmp_path: Path) -> None:
 def test_event_id_is_deterministic() -> None:
     assert event_id_for("1.2.3", "ab" * 32) == event_id_for("1.2.3", "ab" * 32)
     assert event_id_for("1.2.3", "ab" * 32) != event_id_for("1.2.4", "ab" * 32)
+
+
+def test_store_replaces_a_torn_object(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path / "store")
+    sha = hashlib.sha256(b"full content").hexdigest()
+    torn = store.path_for(sha)
+    torn.parent.mkdir(parents=True)
+    torn.write_bytes(b"full")  # as if a crash hit between link and fsync
+    obj = store.add_bytes(b"full content")
+    assert not obj.existed
+    assert obj.path.read_bytes() == b"full content"

@@ -1,0 +1,198 @@
+"""Ingest benchmarks (R1, R2, peak RSS), measured side by side in one run.
+
+R1: instances/s of `radstream ingest` / dcmtk `storescp` (writing files) / Orthanc (local config),
+    same `storescu` sender and data: 0.5 MB MR slices and 33 kB CT slices, 1 and 4 associations
+    (4 = four concurrent storescu processes, each sending a quarter of the files).
+R2: radstream with Kafka publishing / radstream with publishing switched off (--no-publish).
+RSS: peak resident memory (VmHWM) of the radstream SCP while receiving ~1 GB of MR slices.
+
+Everything runs on loopback with free ports and temporary folders; Kafka is a private KRaft
+broker started here. TCP_NODELAY=1 is set for dcmtk. Usage:
+
+    .venv/bin/python load-tests/ingest_bench.py --mr 200 --ct 1000 --rss-gb 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from radstream.devenv.kafka import KafkaServer
+from radstream.devenv.process import ManagedProcess, free_port, port_open, wait_until
+from radstream.kafka.topics import create_topics
+from radstream.producers.sample_series import write_series
+from radstream.settings import Settings
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+RADSTREAM = str(Path(sys.executable).parent / "radstream")
+
+
+def storescu(files: list[Path], port: int, aec: str, associations: int) -> float:
+    """Send ``files`` with ``associations`` concurrent storescu processes; return the wall time."""
+    shares = [files[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", aec, "-xe", "127.0.0.1", str(port),
+                          *map(str, share)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for share in shares
+    ]
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - started
+
+
+@contextmanager
+def running(argv: list[str], port: int, work: Path, name: str, env: dict[str, str] | None = None) -> Iterator[int]:
+    proc = ManagedProcess(name, work / f"{name}.pid", work / f"{name}.log")
+    pid = proc.start(argv, env=env)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port), 60, what=f"{name} on {port}")
+        yield pid
+    finally:
+        proc.stop(timeout=20)
+
+
+def dcmtk_server(work: Path) -> tuple[Callable[[], Iterator[int]], int, str]:
+    port = free_port()
+    out = work / "storescp-out"
+
+    @contextmanager
+    def start() -> Iterator[int]:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        with running(["storescp", "--fork", "+xa", "-od", str(out), str(port)], port, work, "storescp",
+                     env=DCMTK_ENV) as pid:
+            yield pid
+
+    return start, port, "STORESCP"
+
+
+def orthanc_server(work: Path) -> tuple[Callable[[], Iterator[int]], int, str]:
+    port, http = free_port(), free_port()
+    storage = work / "orthanc-db"
+
+    @contextmanager
+    def start() -> Iterator[int]:
+        shutil.rmtree(storage, ignore_errors=True)
+        storage.mkdir(parents=True)
+        config = {
+            "Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+            "StorageCompression": False, "Plugins": [], "HttpServerEnabled": True,
+            "DicomServerEnabled": True, "DicomThreadsCount": 4, "UnknownSopClassAccepted": True,
+        }
+        cfg = work / "orthanc.json"
+        cfg.write_text(json.dumps(config))
+        with running(["Orthanc", str(cfg)], port, work, "orthanc") as pid:
+            yield pid
+
+    return start, port, "ORTHANC"
+
+
+def radstream_server(work: Path, bootstrap: str, publish: bool) -> tuple[Callable[[], Iterator[int]], int, str]:
+    port = free_port()
+    home = work / ("rs-home" if publish else "rs-home-nopub")
+
+    @contextmanager
+    def start() -> Iterator[int]:
+        shutil.rmtree(home, ignore_errors=True)
+        env = {**os.environ, "RADSTREAM_HOME": str(home), "RADSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+               "RADSTREAM_KAFKA__TOPIC_PREFIX": "bench", "RADSTREAM_DICOM__PORT": str(port),
+               "RADSTREAM_DICOM__BIND_ADDRESS": "127.0.0.1", "RADSTREAM_INGEST__METRICS_PORT": "0",
+               "RADSTREAM_DICOM__MAX_ASSOCIATIONS": "64"}
+        argv = [RADSTREAM, "ingest", "--log-level", "WARNING", *([] if publish else ["--no-publish"])]
+        with running(argv, port, work, "radstream-ingest", env=env) as pid:
+            yield pid
+
+    return start, port, "RADSTREAM"
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mr", type=int, default=200, help="MR slices (0.5 MB each)")
+    ap.add_argument("--ct", type=int, default=1000, help="CT slices (33 kB each)")
+    ap.add_argument("--rss-gb", type=float, default=1.0, help="GB of MR slices for the peak-RSS run (0 = skip)")
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--only", default="", help="comma-separated servers to run (default: all)")
+    args = ap.parse_args()
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="ingest-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder {work}", flush=True)
+    data = {
+        "MR 0.5MB": write_series(work / "mr", args.mr, modality="MR", rows=512, columns=512, seed=1),
+        "CT 33kB": write_series(work / "ct", args.ct, modality="CT", rows=128, columns=128, seed=2),
+    }
+    kafka = KafkaServer(work / "kafka", port=free_port(), controller_port=free_port())
+    kafka.start()
+    try:
+        settings = Settings(home=work / "rs-topics",
+                            kafka={"bootstrap_servers": kafka.bootstrap, "topic_prefix": "bench"})  # type: ignore[arg-type]
+        create_topics(settings)
+        servers = {
+            "radstream": radstream_server(work, kafka.bootstrap, publish=True),
+            "radstream-nopublish": radstream_server(work, kafka.bootstrap, publish=False),
+            "dcmtk-storescp": dcmtk_server(work),
+            "orthanc": orthanc_server(work),
+        }
+        if args.only:
+            servers = {k: v for k, v in servers.items() if k in args.only.split(",")}
+        results: dict[str, dict[str, float]] = {}
+        for label, files in data.items():
+            for assocs in (1, 4):
+                case = f"{label}, {assocs} assoc"
+                results[case] = {}
+                for name, (start, port, aec) in servers.items():
+                    with start():
+                        storescu(files[:4], port, aec, 1)  # warm-up
+                        elapsed = storescu(files, port, aec, assocs)
+                    results[case][name] = len(files) / elapsed
+                    print(f"{case:22s} {name:20s} {results[case][name]:8.1f} inst/s", flush=True)
+        print("\n| case | radstream inst/s | no-publish | dcmtk storescp | Orthanc | R1 vs dcmtk | R1 vs Orthanc "
+              "| R2 publish/no-publish |")
+        print("|---|---|---|---|---|---|---|---|")
+        for case, r in results.items():
+            nan = float("nan")
+            rs, nop = r.get("radstream", nan), r.get("radstream-nopublish", nan)
+            dc, oc = r.get("dcmtk-storescp", nan), r.get("orthanc", nan)
+            print(f"| {case} | {rs:.1f} | {nop:.1f} | {dc:.1f} | {oc:.1f} | {rs / dc:.2f} | {rs / oc:.2f} "
+                  f"| {rs / nop:.2f} |")
+        if args.rss_gb > 0:
+            n = int(args.rss_gb * 1e9 / 524_288)
+            extra = max(0, n - len(data["MR 0.5MB"]))
+            more = write_series(work / "mr-rss", extra, modality="MR", rows=512, columns=512, seed=3) if extra else []
+            files = (data["MR 0.5MB"] + more)[:n]
+            start, port, aec = servers["radstream"]
+            with start() as pid:
+                elapsed = storescu(files, port, aec, 4)
+                rss = peak_rss_mb(pid)
+            size_gb = sum(f.stat().st_size for f in files) / 1e9
+            print(f"\npeak RSS of radstream ingest receiving {size_gb:.2f} GB ({len(files)} MR slices, "
+                  f"4 associations, publishing on): {rss:.0f} MB ({len(files) / elapsed:.1f} inst/s)")
+    finally:
+        kafka.stop()
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

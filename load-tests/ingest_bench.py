@@ -23,15 +23,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+
+from radstream.producers.sample_series import write_series
 
 from radstream.devenv.kafka import KafkaServer
 from radstream.devenv.process import ManagedProcess, free_port, port_open, wait_until
 from radstream.kafka.topics import create_topics
-from radstream.producers.sample_series import write_series
 from radstream.settings import Settings
 
+Server = tuple[Callable[[], AbstractContextManager[int]], int, str]  # start(), port, called AE title
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 RADSTREAM = str(Path(sys.executable).parent / "radstream")
 
@@ -63,7 +65,7 @@ def running(argv: list[str], port: int, work: Path, name: str, env: dict[str, st
         proc.stop(timeout=20)
 
 
-def dcmtk_server(work: Path) -> tuple[Callable[[], Iterator[int]], int, str]:
+def dcmtk_server(work: Path) -> Server:
     port = free_port()
     out = work / "storescp-out"
 
@@ -78,7 +80,7 @@ def dcmtk_server(work: Path) -> tuple[Callable[[], Iterator[int]], int, str]:
     return start, port, "STORESCP"
 
 
-def orthanc_server(work: Path) -> tuple[Callable[[], Iterator[int]], int, str]:
+def orthanc_server(work: Path) -> Server:
     port, http = free_port(), free_port()
     storage = work / "orthanc-db"
 
@@ -101,7 +103,7 @@ def orthanc_server(work: Path) -> tuple[Callable[[], Iterator[int]], int, str]:
     return start, port, "ORTHANC"
 
 
-def radstream_server(work: Path, bootstrap: str, publish: bool) -> tuple[Callable[[], Iterator[int]], int, str]:
+def radstream_server(work: Path, bootstrap: str, publish: bool) -> Server:
     port = free_port()
     home = work / ("rs-home" if publish else "rs-home-nopub")
 
@@ -146,7 +148,7 @@ def main() -> None:
     kafka.start()
     try:
         settings = Settings(home=work / "rs-topics",
-                            kafka={"bootstrap_servers": kafka.bootstrap, "topic_prefix": "bench"})  # type: ignore[arg-type]
+                            kafka={"bootstrap_servers": kafka.bootstrap, "topic_prefix": "bench"})
         create_topics(settings)
         servers = {
             "radstream": radstream_server(work, kafka.bootstrap, publish=True),

@@ -42,6 +42,7 @@ app.add_typer(_triton.app, name="triton")
 _ops.register(app, topics.app)
 _stream.register(app)
 app.command("demo")(_demo.demo)
+app.command("bench")(__import__("radstream.cli.bench", fromlist=["bench"]).bench)
 
 
 def _version(value: bool) -> None:

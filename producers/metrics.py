@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from radstream.observability import Observability
+from radstream.settings import Settings
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -36,6 +39,11 @@ class IngestMetrics:
         self.outbox_depth = Gauge("radstream_ingest_outbox_depth", "events waiting in the outbox", registry=r)
         self.deadletters = Counter("radstream_ingest_deadletters_total", "dead letters written", registry=r)
 
-    def serve(self, port: int, address: str = "127.0.0.1") -> None:
-        if port:
-            start_http_server(port, addr=address, registry=self.registry)
+    def observability(self, settings: Settings) -> Observability:
+        """These metrics on the shared /metrics, /healthz, /readyz endpoint (not started yet).
+
+        Port: ``ingest.metrics_port`` when set (0 = off), else ``observability.ports.ingest``.
+        """
+        i = settings.ingest
+        return Observability.for_component(settings, "ingest", registry=self.registry, port=i.metrics_port,
+                                           address=i.metrics_address)

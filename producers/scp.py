@@ -41,6 +41,7 @@ from radstream.producers.publisher import Publisher, PublishFailed, Route
 
 from radstream import __version__
 from radstream.events.models import DeadLetter, InstanceReceived
+from radstream.observability import Observability, kafka_ready
 from radstream.patient_key import patient_key
 from radstream.settings import Settings
 from radstream.store import ContentStore
@@ -93,6 +94,7 @@ class IngestServer:
         self.producer_name = f"{COMPONENT}/{__version__}"
         self.server: ThreadedAssociationServer | None = None
         self._sweeper = threading.Event()
+        self.obs: Observability | None = None
 
     @property
     def port(self) -> int:
@@ -125,7 +127,11 @@ class IngestServer:
             log.info("removed %d partial files left in %s", removed, self.store.incoming)
         if self.publisher is not None:
             self.publisher.start()
-        self.metrics.serve(self.settings.ingest.metrics_port, self.settings.ingest.metrics_address)
+        self.obs = self.metrics.observability(self.settings)
+        self.obs.add_readiness_check("dicom", self._listening)
+        if self.publisher is not None and not self.settings.ingest.outbox:
+            self.obs.add_readiness_check("kafka", kafka_ready(self.settings))  # no outbox: Kafka down = refusals
+        self.obs.start()
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -145,11 +151,23 @@ class IngestServer:
 
     def stop(self) -> None:
         self._sweeper.set()
+        if self.obs is not None:
+            self.obs.stop()
         if self.server is not None:
             self.server.shutdown()
             self.server = None
         if self.publisher is not None:
             self.publisher.close()
+
+    def _listening(self) -> bool | str:
+        """Readiness: the DICOM port accepts connections."""
+        import socket
+
+        if self.server is None:
+            return "not listening"
+        host, port = self.server.server_address[:2]
+        with socket.create_connection(("127.0.0.1" if host in ("", "0.0.0.0") else host, port), timeout=1.0):
+            return True
 
     def _sweep_loop(self) -> None:
         while not self._sweeper.wait(600):

@@ -100,8 +100,10 @@ class IngestSettings(BaseModel):
     max_pdu_size: int = Field(
         4 * 1024 * 1024, ge=0, description="largest PDU received; bounds memory per association (0 = unlimited)"
     )
-    metrics_port: int = Field(9110, ge=0, description="Prometheus /metrics; 0 = off")
-    metrics_address: str = "127.0.0.1"
+    metrics_port: int | None = Field(
+        None, ge=0, description="/metrics, /healthz, /readyz of the SCP; 0 = off; unset = observability.ports.ingest"
+    )
+    metrics_address: str | None = Field(None, description="bind address; unset = observability.address")
     tls: IngestTlsSettings = Field(default_factory=IngestTlsSettings)
 
 

@@ -17,6 +17,7 @@ from radstream.stream_apps.txloop import Output, TxLoop
 
 from radstream.events.models import InstanceReceived, SeriesCompleted
 from radstream.kafka.consumer import Received
+from radstream.observability import Observability, kafka_ready
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,5 +115,11 @@ def run(settings: Settings) -> None:
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    worker.obs = Observability.for_component(settings, "aggregate")
+    worker.obs.add_readiness_check("kafka", kafka_ready(settings))
+    worker.obs.start()
     log.info("aggregator consuming %s (group %s)", worker.inputs[0], worker.group_id)
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        worker.obs.stop()

@@ -16,6 +16,7 @@ from radstream.stream_apps.txloop import Output, TxLoop
 from radstream.events.models import SeriesCompleted, StudyCompleted
 from radstream.kafka.consumer import Received
 from radstream.kafka.topics import create_topics
+from radstream.observability import Observability, kafka_ready
 from radstream.pipelines.spec import PipelineSpec, load_pipelines
 from radstream.settings import Settings
 
@@ -81,5 +82,11 @@ def run(settings: Settings) -> None:
     create_topics(settings, pipelines=sorted({*settings.pipelines, *(p.name for p in pipelines)}))
     worker = DispatcherWorker(settings, pipelines)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    worker.obs = Observability.for_component(settings, "dispatch")
+    worker.obs.add_readiness_check("kafka", kafka_ready(settings))
+    worker.obs.start()
     log.info("dispatcher: pipelines %s", ", ".join(f"{p.name}@{p.version}" for p in pipelines))
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        worker.obs.stop()

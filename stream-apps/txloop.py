@@ -36,6 +36,7 @@ from radstream.kafka.consumer import Received
 from radstream.kafka.deadletter import DeadLetters
 from radstream.kafka.producer import EventProducer
 from radstream.kafka.topics import admin
+from radstream.observability import Observability
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class TxLoop:
     """Subclass and implement :meth:`restore`, :meth:`drop`, :meth:`process` and :meth:`tick`."""
 
     component = "stream-app"
+    obs: Observability | None = None
+    """Set before :meth:`run` to serve /metrics and health (beat per loop turn, counts per transaction)."""
 
     def __init__(self, settings: Settings, group_id: str, inputs: list[str], changelog: str,
                  timer_interval_s: float, batch_size: int = 2000, clock: Callable[[], float] = time.time,
@@ -214,6 +217,8 @@ class TxLoop:
         next_tick = self.clock()
         try:
             while not self._stop and not (until and until()):
+                if self.obs is not None:
+                    self.obs.beat()
                 if self._needs_reset:
                     self._reset()
                 wait = max(0.0, min(0.5, next_tick - self.clock()))
@@ -254,6 +259,8 @@ class TxLoop:
     def dead_letter(self, r: Received, exc: BaseException) -> None:
         """Send a poison message to the dead-letter topic (acked before the batch commits)."""
         self.deadletters.from_message(r, exc)
+        if self.obs is not None:
+            self.obs.consumer_metrics().deadlettered()
 
     def _commit(self, batch: list[Received], out: Output) -> None:
         try:
@@ -267,6 +274,8 @@ class TxLoop:
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(60)
+            if self.obs is not None:
+                self._count(batch, out)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             log.warning("transaction failed (%s); restoring state from the changelog", err)
@@ -277,6 +286,15 @@ class TxLoop:
             except KafkaException as abort_exc:
                 log.warning("abort failed: %s", abort_exc)
             self._needs_reset = True
+
+    def _count(self, batch: list[Received], out: Output) -> None:
+        m = self.obs.consumer_metrics() if self.obs is not None else None
+        if m is None:
+            return
+        for r in batch:
+            m.consumed_event(r.topic)
+        for topic, _, _ in out.events:
+            m.produced_event(topic)
 
     def _produce(self, topic: str, key: str, value: bytes | None, partition: int | None,
                  headers: list[tuple[str, bytes]] | None) -> None:

@@ -22,6 +22,7 @@ from radstream.events.models import Event, InferenceCompleted, InferenceFailed, 
 from radstream.kafka.consumer import EventConsumer, Received
 from radstream.kafka.deadletter import DeadLetters
 from radstream.kafka.producer import EventProducer
+from radstream.observability import Observability, seconds_since
 from radstream.pipelines.operators_spec import InferencePipelineSpec, load_inference_pipeline
 from radstream.settings import Settings
 
@@ -39,6 +40,9 @@ def result_id_for(request: InferenceRequested) -> str:
 
 
 class InferenceWorker:
+    obs: Observability | None = None
+    """Set before :meth:`run` to serve /metrics and health (a beat per poll, an outcome per request)."""
+
     def __init__(self, settings: Settings, pipeline: str, spec: InferencePipelineSpec | None = None,
                  client_id: str | None = None) -> None:
         self.settings = settings
@@ -109,10 +113,21 @@ class InferenceWorker:
             err = received.error or TypeError(f"expected InferenceRequested, got {type(ev).__name__}")
             self.deadletters.from_message(received, err)
         else:
+            t0 = time.monotonic()
             result = self.handle(ev)
             self.producer.send_sync(self.results_topic, ev.study_instance_uid, result)
+            if self.obs is not None:
+                self.obs.consumer_metrics().outcome(
+                    self.name, "completed" if isinstance(result, InferenceCompleted) else "failed",
+                    seconds=time.monotonic() - t0,
+                    end_to_end_s=seconds_since(ev.last_received_at))
         self.consumer.commit([received])
         self.processed += 1
+        if self.obs is not None:
+            m = self.obs.consumer_metrics()
+            m.consumed_event(received.topic)
+            if received.error is not None or not isinstance(ev, InferenceRequested):
+                m.deadlettered()
 
     # -- loop -------------------------------------------------------------------------------
     def run(self, max_requests: int | None = None) -> None:
@@ -120,6 +135,8 @@ class InferenceWorker:
                  self.settings.topic(f"requests.{self.name}"))
         try:
             while not self.stop_event.is_set():
+                if self.obs is not None:
+                    self.obs.beat()
                 for r in self.consumer.poll_batch(1, self.settings.inference.poll_timeout_s):
                     self.process(r)
                 if max_requests is not None and self.processed >= max_requests:

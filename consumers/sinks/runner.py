@@ -27,6 +27,7 @@ from radstream.events.models import Event
 from radstream.kafka.consumer import EventConsumer, Received
 from radstream.kafka.deadletter import DeadLetters
 from radstream.kafka.producer import EventProducer
+from radstream.observability import Observability, seconds_since
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class SinkStopped(Exception):
 
 
 class SinkRunner:
+    obs: Observability | None = None
+    """Set before :meth:`run` to serve /metrics and health (a beat per poll, counts per committed batch)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -90,6 +94,7 @@ class SinkRunner:
         self._conn: psycopg.Connection[Any] | None = None
         self._paused = False
         self._handled: set[int] = set()  # messages of the current batch already dead-lettered or written
+        self._dead: set[int] = set()  # messages of the current batch dead-lettered (for the metrics)
 
     # -- database connection ---------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
@@ -127,16 +132,32 @@ class SinkRunner:
 
     def step(self) -> int:
         """Poll one batch, write it, commit it; returns how many messages it handled."""
+        if self.obs is not None:
+            self.obs.beat()
         batch = self.consumer.poll_batch(self.cfg.batch_size, self.cfg.poll_timeout_s)
         if not batch:
             return 0
+        self._dead.clear()
         self._write_with_retry(batch)
         try:
             self.consumer.commit(batch)
         except KafkaException as exc:
             # partitions moved to another member during the write: it re-delivers, writes are idempotent
             log.warning("sink %s: offset commit failed (%s); the batch will be re-delivered", self.spec.name, exc)
+        if self.obs is not None:
+            self._observe(batch)
         return len(batch)
+
+    def _observe(self, batch: list[Received]) -> None:
+        """Metrics of a durable batch: consumed per topic; written per pipeline, with end-to-end latency."""
+        assert self.obs is not None
+        m = self.obs.consumer_metrics()
+        for r in batch:
+            m.consumed_event(r.topic)
+            if r.event is None or id(r) in self._dead:
+                continue
+            m.outcome(str(getattr(r.event, "pipeline", "") or ""), "written",
+                      end_to_end_s=seconds_since(getattr(r.event, "last_received_at", None)))
 
     def _write_with_retry(self, batch: list[Received]) -> None:
         delay = self.cfg.retry_initial_s
@@ -212,7 +233,10 @@ class SinkRunner:
             return
         self.dead_letters.from_message(r, exc)
         self._handled.add(id(r))
+        self._dead.add(id(r))
         self.stats.dead_lettered += 1
+        if self.obs is not None:
+            self.obs.consumer_metrics().deadlettered()
 
     # -- pausing while the database is away --------------------------------------------------
     def _pause(self) -> None:
@@ -233,6 +257,8 @@ class SinkRunner:
         deadline = time.monotonic() + seconds
         extra: list[Received] = []
         while True:
+            if self.obs is not None:
+                self.obs.beat()  # alive while the database is away (readiness says it is not ready)
             if self.stop_event.is_set():
                 raise SinkStopped
             remaining = deadline - time.monotonic()

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from radstream.cli.context import settings
+from radstream.settings import Settings
 
 
 def status(
@@ -157,7 +158,8 @@ def replay_worker(
     """Run replayed requests (group radstream-replay-NAME; each request names its model version)."""
     from radstream.ops.workers import replay_worker as make
 
-    _run_worker(make(settings(), pipeline))
+    s = settings()
+    _run_worker(make(s, pipeline), s, "replay", pipeline)
 
 
 def shadow(
@@ -167,17 +169,36 @@ def shadow(
     """A second model version on live requests, own consumer group; results tagged shadow (hidden from readers)."""
     from radstream.ops.workers import shadow_worker
 
-    _run_worker(shadow_worker(settings(), pipeline, model_version))
+    s = settings()
+    _run_worker(shadow_worker(s, pipeline, model_version), s, "shadow", pipeline, model_version)
 
 
-def _run_worker(worker: Any) -> None:
+def _run_worker(worker: Any, s: Settings, component: str, pipeline: str, model_version: str | None = None) -> None:
+    """Run an off-path worker with /metrics and health: component shadow|replay (dashboard label).
+
+    Port: ``observability.ports[component]``; a shadow worker without its own entry uses the ``infer``
+    port (it runs in its own container, probed like a live worker).
+    """
     import logging
     import signal
+
+    from radstream.observability import Observability, kafka_ready, triton_ready
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
-    worker.run()
+    ports = s.observability.ports
+    labels = {"pipeline": pipeline, **({"model_version": model_version} if model_version else {})}
+    obs = Observability.for_component(s, component, labels=labels,
+                                      port=ports.get(component, s.observability.port_for("infer")))
+    obs.add_readiness_check("kafka", kafka_ready(s))
+    obs.add_readiness_check("triton", triton_ready(s))
+    worker.obs = obs
+    obs.start()
+    try:
+        worker.run()
+    finally:
+        obs.stop()
 
 
 def compare(

@@ -21,6 +21,7 @@ IdleOpt = Annotated[
 def _run(name: str, migrate: bool, exit_when_idle: float | None) -> None:
     from radstream.consumers.sinks import SinkRunner, feedback_spec, results_spec
     from radstream.db.migrate import migrate as apply_migrations
+    from radstream.observability import Observability, kafka_ready, postgres_ready
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = settings()
@@ -28,13 +29,20 @@ def _run(name: str, migrate: bool, exit_when_idle: float | None) -> None:
         apply_migrations(s)
     spec = results_spec(s) if name == "results" else feedback_spec(s)
     runner = SinkRunner(s, spec)
+    runner.obs = Observability.for_component(s, f"sink_{name}")
+    runner.obs.add_readiness_check("kafka", kafka_ready(s))
+    runner.obs.add_readiness_check("postgres", postgres_ready(s))
+    runner.obs.start()
 
     def _stop(signum: int, _frame: object) -> None:
         runner.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    stats = runner.run(max_idle_s=exit_when_idle)
+    try:
+        stats = runner.run(max_idle_s=exit_when_idle)
+    finally:
+        runner.obs.stop()
     typer.echo(f"sink {name}: {stats.events} events, {stats.rows} rows, {stats.batches} batches, "
                f"{stats.dead_lettered} dead-lettered, {stats.outages} database outages")
 

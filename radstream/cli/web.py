@@ -28,6 +28,15 @@ def web(
         from radstream.db.migrate import migrate as apply_migrations
 
         apply_migrations(s)
+    from radstream.observability import Observability, kafka_ready, postgres_ready
+
     logging.basicConfig(level=logging.INFO)
-    uvicorn.run(create_app(s), host=host or s.web.host, port=port or s.web.port, log_level="info",
-                proxy_headers=False, server_header=False)
+    obs = Observability.for_component(s, "web")  # /metrics on its own port, not on the public one
+    obs.add_readiness_check("postgres", postgres_ready(s))
+    obs.add_readiness_check("kafka", kafka_ready(s))
+    obs.start()
+    try:
+        uvicorn.run(create_app(s, obs=obs), host=host or s.web.host, port=port or s.web.port, log_level="info",
+                    proxy_headers=False, server_header=False)
+    finally:
+        obs.stop()

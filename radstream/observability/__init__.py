@@ -19,7 +19,7 @@ component, topic, outcome, stage only.
 """
 
 from radstream.observability.checks import http_ready, kafka_ready, postgres_ready, triton_ready
-from radstream.observability.metrics import LATENCY_BUCKETS, ConsumerMetrics
+from radstream.observability.metrics import LATENCY_BUCKETS, ConsumerMetrics, seconds_since
 from radstream.observability.server import CheckResult, Observability
 
 __all__ = [
@@ -30,5 +30,6 @@ __all__ = [
     "http_ready",
     "kafka_ready",
     "postgres_ready",
+    "seconds_since",
     "triton_ready",
 ]

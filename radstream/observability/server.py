@@ -67,15 +67,20 @@ class Observability:
 
     @classmethod
     def for_component(
-        cls, settings: Settings, component: str, labels: dict[str, str] | None = None, port: int | None = None
+        cls, settings: Settings, component: str, labels: dict[str, str] | None = None, port: int | None = None,
+        registry: CollectorRegistry | None = None, address: str | None = None,
     ) -> Observability:
-        """Built from ``settings.observability`` (port per component, 0 = off; ``port`` overrides it)."""
+        """Built from ``settings.observability`` (port per component, 0 = off; ``port`` overrides it).
+
+        ``registry``: serve metrics a process already defines (e.g. the ingest SCP's) on the same endpoint.
+        """
         o = settings.observability
         return cls(
             component,
             o.port_for(component) if port is None else port,
-            address=o.address,
+            address=o.address if address is None else address,
             labels=labels,
+            registry=registry,
             readiness_timeout_s=o.readiness_timeout_s,
             liveness_stale_s=o.liveness_stale_s,
         )

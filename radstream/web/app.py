@@ -17,6 +17,8 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from radstream.kafka.producer import EventProducer
+from radstream.observability import Observability
+from radstream.observability.http import HttpMetricsMiddleware
 from radstream.settings import Settings
 from radstream.web import admin_routes, auth_routes, qc_routes, review_routes
 from radstream.web.context import Web, static_dir
@@ -37,7 +39,9 @@ async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Re
     return response
 
 
-def create_app(settings: Settings, *, producer: EventProducer | None = None) -> Starlette:
+def create_app(settings: Settings, *, producer: EventProducer | None = None,
+               obs: Observability | None = None) -> Starlette:
+    """``obs``: count requests per route on that process's /metrics (served on its own port)."""
     web = Web(settings, producer)
 
     async def not_signed_in(request: Request, exc: Exception) -> Response:
@@ -68,6 +72,7 @@ def create_app(settings: Settings, *, producer: EventProducer | None = None) -> 
                    session_cookie="radstream_session", max_age=settings.web.session_max_age_s, same_site="lax",
                    https_only=settings.web.secure_cookies),
         Middleware(BaseHTTPMiddleware, dispatch=_headers),
+        *([Middleware(HttpMetricsMiddleware, obs=obs)] if obs is not None else []),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={NotSignedIn: not_signed_in, HTTPException: http_error},

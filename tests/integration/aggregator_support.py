@@ -88,6 +88,8 @@ def worker_env(settings: Settings, **aggregator: float | str) -> dict[str, str]:
         "RADSTREAM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "RADSTREAM_HOME": str(settings.home),
         "RADSTREAM_SITE_SECRET": "test-site-secret",
+        # no fixed default ports in tests: the workers' /metrics and health endpoints off
+        "RADSTREAM_OBSERVABILITY__PORTS": '{"aggregate": 0, "dispatch": 0}',
     })
     for k, v in aggregator.items():
         env[f"RADSTREAM_AGGREGATOR__{k.upper()}"] = str(v)

@@ -213,14 +213,14 @@ def test_ports_match_the_settings(compose: dict[str, Any], k8s_docs: list[dict[s
     prom = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
     scraped = {n: sd["port"] for job in prom["scrape_configs"] for sd in job.get("dns_sd_configs", [])
                for n in sd["names"]}
-    expect = {"ingest": defaults.ingest.metrics_port, "aggregate": ports["aggregate"], "dispatch": ports["dispatch"],
+    expect = {"ingest": ports["ingest"], "aggregate": ports["aggregate"], "dispatch": ports["dispatch"],
               "infer-liver": ports["infer"], "sink-results": ports["sink_results"],
               "sink-feedback": ports["sink_feedback"], "web": ports["web"], "lag-exporter": ports["lag_exporter"]}
     for svc, port in expect.items():
         assert scraped[svc] == port, svc
         assert svc in services
     # Kubernetes: each container's metrics port is its component's settings port
-    component_of = {"ingest": defaults.ingest.metrics_port, "aggregate": ports["aggregate"],
+    component_of = {"ingest": ports["ingest"], "aggregate": ports["aggregate"],
                     "dispatch": ports["dispatch"], "sink-results": ports["sink_results"],
                     "sink-feedback": ports["sink_feedback"], "web": ports["web"],
                     "lag-exporter": ports["lag_exporter"]}

@@ -49,7 +49,7 @@ class Publisher:
         self.metrics = metrics
         self.timeout = settings.ingest.publish_timeout_s
         self.enabled = settings.ingest.publish
-        overrides: dict[str, Any] = {"linger.ms": settings.ingest.linger_ms}
+        overrides: dict[str, Any] = {"linger.ms": settings.ingest.linger_ms, "socket.nagle.disable": True}
         self.producer = EventProducer(settings, client_id, **overrides)
         self.codec = self.producer.codec
         self.outbox: Outbox | None = (

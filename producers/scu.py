@@ -127,7 +127,7 @@ def _send_batch(
 ) -> None:
     contexts = sorted({(f.sop_class, f.transfer_syntax) for f in batch})
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
-    tls_args = (tls, "") if tls is not None else None
+    tls_args = (tls, host) if tls is not None else None
     assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "association failed"

@@ -25,6 +25,7 @@ class TritonServer:
     repository: Path = DEFAULT_REPOSITORY
     wait_ms: float = 50.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    model_version: int | None = None  # serve the reference models as this version (None: their own)
 
     @property
     def process(self) -> ManagedProcess:
@@ -45,6 +46,7 @@ class TritonServer:
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port), "--wait-ms", str(self.wait_ms),
             "--workspace", str(self.home / "workspace"),
+            *(["--model-version", str(self.model_version)] if self.model_version else []),
         ]
 
     def start(self, timeout: float = 180.0) -> None:

@@ -54,6 +54,10 @@ class ServeOptions:
     wait_queue_delay_us: int = 2000
     ort_threads: int = 1
     workspace: Path | None = None
+    model_version: int | None = None
+    """Serve each reference model under this version instead of its own (e.g. 2: a second version for
+    shadow and replay tests). pytriton cannot serve two versions of one model in one server (its proxy
+    sockets are named by model name), so a second version runs as a second server."""
 
 
 def _onnx_infer(
@@ -126,7 +130,7 @@ def serve(opts: ServeOptions) -> None:
                 infer_func=_onnx_infer(spec, path, opts.ort_threads),
                 inputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.inputs],
                 outputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.outputs],
-                model_version=int(spec.version),
+                model_version=opts.model_version or int(spec.version),
                 config=ModelConfig(batching=False),
                 strict=True,
             )
@@ -157,10 +161,12 @@ def main() -> None:
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--wait-ms", type=float, default=50.0)
     ap.add_argument("--workspace", type=Path, default=None)
+    ap.add_argument("--model-version", type=int, default=None, help="serve the reference models as this version")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(ServeOptions(repository=a.repository, http_port=a.http_port, grpc_port=a.grpc_port,
-                       metrics_port=a.metrics_port, host=a.host, wait_ms=a.wait_ms, workspace=a.workspace))
+                       metrics_port=a.metrics_port, host=a.host, wait_ms=a.wait_ms, workspace=a.workspace,
+                       model_version=a.model_version))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from radstream.producers.header import (
 )
 from radstream.producers.metrics import IngestMetrics
 from radstream.producers.publisher import Publisher, PublishFailed, Route
+from radstream.producers.scu import set_nodelay
 
 from radstream import __version__
 from radstream.events.models import DeadLetter, InstanceReceived
@@ -137,6 +138,7 @@ class IngestServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
         ]
         ae = self.build_ae()
         address = (self.settings.dicom.bind_address, self.settings.dicom.port)
@@ -196,6 +198,9 @@ class IngestServer:
             assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
             return
         self.metrics.associations.labels("accepted").inc()
+
+    def _on_conn_open(self, event: evt.Event) -> None:
+        set_nodelay(event.assoc)
 
     def _peer_allowed(self, peer: str) -> bool:
         try:

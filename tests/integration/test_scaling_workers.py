@@ -1,0 +1,93 @@
+# ruff: noqa: F811  (pytest fixtures imported from the support modules)
+"""Scaling per model: 3 `radstream infer --pipeline liver` processes share the pipeline's group;
+one is killed (SIGKILL) mid-stream; every request still ends in exactly one result.
+
+On the topic a request whose result was acknowledged but whose offset the killed worker had not
+committed yet is redelivered and answered again with the same result id (at-least-once); the
+results sink makes that one row, so PostgreSQL holds exactly one result per request.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException
+from radstream.consumers.sinks import results_spec
+
+from radstream.db.connect import connect
+from radstream.db.migrate import migrate
+from radstream.events.models import InferenceCompleted
+from radstream.kafka.producer import EventProducer
+from radstream.ops.status import committed_offsets, group_status
+from radstream.settings import Settings
+from tests.integration.infer_support import triton_server, with_triton  # noqa: F401
+from tests.integration.observability_support import child_env, start, stop
+from tests.integration.ops_support import Results, by_request, liver_requests
+from tests.integration.sink_harness import running_sink
+from tests.waiting import eventually
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
+
+GROUP = "radstream-infer-liver"
+
+
+def test_three_workers_one_killed_every_request_one_result(
+        pg_settings: Settings, triton_server: object, tmp_path: Path) -> None:
+    s = with_triton(pg_settings, triton_server)
+    migrate(s)
+    reqs = liver_requests(s, tmp_path / "synth", patients=12, seed=31)
+    env = child_env(s, {"infer": 0})
+    logs = [tmp_path / f"infer-{i}.log" for i in range(3)]
+    workers = [start(["infer", "--pipeline", "liver"], env, log) for log in logs]
+    results = Results(s)
+    producer = EventProducer(s, "test-dispatcher")
+    try:
+        def members() -> int:
+            try:
+                g = group_status(s, [GROUP])
+            except KafkaException:  # the group does not exist yet
+                return 0
+            return len(g[0].members) if g and g[0].state.lower() == "stable" else 0
+
+        eventually(lambda: members() == 3, timeout=90, what="3 members in the liver group")
+        parts = {p for m in group_status(s, [GROUP])[0].members for p in m.partitions}
+        assert len(parts) == 3  # one partition each: all three share the work
+
+        with running_sink(s, results_spec(s)):
+            for r in reqs:
+                producer.send_sync(s.topic("requests.liver"), r.patient_key, r)
+            results.until(lambda evs: len(evs) >= 3, 180, "the first results")
+            workers[0].send_signal(signal.SIGKILL)
+            assert workers[0].wait(10) == -signal.SIGKILL
+            done = results.until(lambda evs: {e.request_id for e in evs} >= {r.request_id for r in reqs}, 300,
+                                 "a result for every request after the kill")
+            done = results.settle(3.0)
+
+            def stored() -> int:
+                with connect(s) as conn:
+                    row = conn.execute("SELECT count(*) FROM results WHERE pipeline = 'liver'").fetchone()
+                return int(row[0]) if row else 0
+
+            eventually(lambda: stored() == len(reqs), timeout=60, what="one stored result per request")
+        assert sum(committed_offsets(s, GROUP).values()) == len(reqs)
+        assert len(group_status(s, [GROUP])[0].members) == 2
+        assert [stop(w) for w in workers[1:]] == [0, 0], [log.read_text()[-2000:] for log in logs]
+    finally:
+        results.close()
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+
+    per = by_request(list(done))
+    assert set(per) == {r.request_id for r in reqs}
+    for rid, evs in per.items():
+        assert all(isinstance(e, InferenceCompleted) for e in evs), evs
+        assert len({e.result_id for e in evs}) == 1, rid  # a redelivery answers with the same result id
+    with connect(s) as conn:
+        rows = conn.execute("SELECT request_id, count(*) FROM results GROUP BY 1").fetchall()
+    assert dict(rows) == {r.request_id: 1 for r in reqs}
+    redelivered = sum(len(v) - 1 for v in per.values())
+    print(f"\n{len(reqs)} requests, 3 workers, 1 killed: {redelivered} redelivered result(s) on the topic, "
+          f"{len(rows)} rows in PostgreSQL")

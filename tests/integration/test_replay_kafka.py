@@ -43,7 +43,7 @@ def test_replay_into_v2_leaves_live_offsets_alone_and_resumes(kafka_settings: Se
     past = [_live_request(i, t0 + timedelta(seconds=i)) for i in range(20)]
     for r in past:
         producer.send_sync(live_topic, r.patient_key, r)
-    live_group = "radstream-infer-liver"
+    live_group = f"{s.kafka.topic_prefix}-infer-liver"  # this test's own: groups outlive topics
     live = EventConsumer(s, live_group, [live_topic], client_id="live-worker")
     try:
         consumed = _drain(live, 20)

@@ -6,7 +6,8 @@ result is acknowledged) and differ only in what they consume and how results are
 * shadow: the live requests topic, group ``radstream-shadow-<pipeline>-v<V>``, model version V;
   results carry ``shadow=True`` and their own request/result ids, so readers never see them;
 * replay: the pipeline's replay topic, group ``radstream-replay-<pipeline>``; each request names
-  the model version to run (a chain per version), results carry the ``replay_id``.
+  the model version to run (a chain per version), results carry the ``replay_id`` and are tagged
+  shadow too: off the live path, never on readers' worklists nor the result of record of a timepoint.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class OffPathWorker(InferenceWorker):  # type: ignore[misc]  # consumers/ is out
             v = self.spec.model.version
             req = dataclasses.replace(req, shadow=True, model_version=v,
                                       request_id=f"{req.request_id}:shadow:v{v}")
-        else:  # replay: run the version the request names
+        else:  # replay: run the version the request names; its results stay off the readers' worklists
+            req = dataclasses.replace(req, shadow=True)
             self.spec = with_model_version(self._base_spec, req.model_version)
             self.chain = self._chain_for(req.model_version)
         result: Event = super().handle(req)

@@ -97,7 +97,7 @@ def orthanc_server(work: Path) -> Server:
         }
         cfg = work / "orthanc.json"
         cfg.write_text(json.dumps(config))
-        with running(["Orthanc", str(cfg)], port, work, "orthanc") as pid:
+        with running(["Orthanc", str(cfg)], port, work, "orthanc", env=DCMTK_ENV) as pid:
             yield pid
 
     return start, port, "ORTHANC"

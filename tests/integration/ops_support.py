@@ -111,3 +111,10 @@ def by_request(events: list[Event]) -> dict[str, list[Event]]:
     for e in events:
         out.setdefault(str(getattr(e, "request_id", "")), []).append(e)
     return out
+
+
+def offsets_on(settings: Settings, group: str, topic: str) -> dict[tuple[str, int], int]:
+    """A group's committed offsets on one topic (group names are session-wide; topics are per test)."""
+    from radstream.ops.status import committed_offsets
+
+    return {k: v for k, v in committed_offsets(settings, group).items() if k[0] == topic}

@@ -19,12 +19,11 @@ from radstream.events.models import InferenceCompleted
 from radstream.kafka.producer import EventProducer
 from radstream.ops import replay as rp
 from radstream.ops.compare import compare
-from radstream.ops.status import committed_offsets
 from radstream.ops.workers import replay_worker
 from radstream.settings import Settings
 from radstream.web.queries import WorklistFilter, worklist
 from tests.integration.infer_support import triton_server, with_triton  # noqa: F401
-from tests.integration.ops_support import Results, Running, liver_requests, triton_server_v2  # noqa: F401
+from tests.integration.ops_support import Results, Running, liver_requests, offsets_on, triton_server_v2  # noqa: F401
 from tests.integration.sink_harness import running_sink
 from tests.waiting import eventually
 
@@ -56,12 +55,12 @@ def test_replay_20_past_studies_into_v2(pg_settings: Settings, triton_server: ob
                 producer.send_sync(topic, r.patient_key, r)
             eventually(lambda: _count(s, "model_version = '1' AND status = 'completed'") == 20, timeout=300,
                        what="20 v1 results stored")
-            eventually(lambda: sum(committed_offsets(s, LIVE).values()) == 20, timeout=30, what="live commits")
-            before = committed_offsets(s, LIVE)
+            eventually(lambda: sum(offsets_on(s, LIVE, topic).values()) == 20, timeout=30, what="live commits")
+            before = offsets_on(s, LIVE, topic)
 
             cp = rp.run(s, rp.start(s, "liver", rp.Selection(), model_version="2"))
             assert cp.done and cp.emitted == 20 and cp.read == 20
-            assert committed_offsets(s, LIVE) == before  # planning and emitting the replay moved nothing live
+            assert offsets_on(s, LIVE, topic) == before  # planning and emitting the replay moved nothing live
 
             with Running(replay_worker(s2, "liver"), "replay"):
                 for r in fresh:  # live traffic during the replay
@@ -70,7 +69,7 @@ def test_replay_20_past_studies_into_v2(pg_settings: Settings, triton_server: ob
                            timeout=300, what="20 v2 results stored")
                 eventually(lambda: _count(s, "model_version = '1' AND replay_id IS NULL") == 22, timeout=120,
                            what="the live results of the fresh studies")
-            after = committed_offsets(s, LIVE)
+            after = offsets_on(s, LIVE, topic)
             events = results.until(lambda evs: len(evs) >= 42, 60, "42 results on the topic")
             events = results.settle(2.0)
     finally:

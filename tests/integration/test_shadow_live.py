@@ -15,12 +15,11 @@ from radstream.db.connect import connect
 from radstream.db.migrate import migrate
 from radstream.events.models import InferenceCompleted
 from radstream.kafka.producer import EventProducer
-from radstream.ops.status import committed_offsets
 from radstream.ops.workers import shadow_group, shadow_worker
 from radstream.settings import Settings
 from radstream.web.queries import WorklistFilter, worklist
 from tests.integration.infer_support import triton_server, with_triton  # noqa: F401
-from tests.integration.ops_support import Results, Running, liver_requests, triton_server_v2  # noqa: F401
+from tests.integration.ops_support import Results, Running, liver_requests, offsets_on, triton_server_v2  # noqa: F401
 from tests.integration.sink_harness import running_sink
 from tests.waiting import eventually
 
@@ -77,5 +76,6 @@ def test_shadow_results_are_produced_and_hidden_from_readers(
     assert kinds == [(False, "1", 3), (True, "2", 3)]
 
     # the shadow ran in its own consumer group: the live group's offsets are its own
-    assert sum(committed_offsets(live_s, "radstream-infer-liver").values()) == len(reqs)
-    assert sum(committed_offsets(live_s, shadow_group("liver", "2")).values()) == len(reqs)
+    topic = live_s.topic("requests.liver")
+    assert sum(offsets_on(live_s, "radstream-infer-liver", topic).values()) == len(reqs)
+    assert sum(offsets_on(live_s, shadow_group("liver", "2"), topic).values()) == len(reqs)

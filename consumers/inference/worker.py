@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 COMPONENT = "radstream-infer"
 
 
-def group_id(pipeline: str) -> str:
-    return f"radstream-infer-{pipeline}"
+def group_id(settings: Settings, pipeline: str) -> str:
+    """The pipeline's consumer group; prefixed like the topics, so deployments sharing a cluster stay apart."""
+    return f"{settings.kafka.topic_prefix}-infer-{pipeline}"
 
 
 def result_id_for(request: InferenceRequested) -> str:
@@ -52,7 +53,7 @@ class InferenceWorker:
         cid = client_id or f"{COMPONENT}-{pipeline}-{uuid.uuid4().hex[:6]}"
         self.producer = EventProducer(settings, cid)
         self.deadletters = DeadLetters(self.producer, COMPONENT)
-        self.consumer = EventConsumer(settings, group_id(pipeline), [settings.topic(f"requests.{pipeline}")],
+        self.consumer = EventConsumer(settings, group_id(settings, pipeline), [settings.topic(f"requests.{pipeline}")],
                                       client_id=cid)
         self.results_topic = settings.topic("results")
         self.stop_event = threading.Event()

@@ -3,9 +3,9 @@
 They reuse the live worker's code (chain, retries, one result per request, commit after the
 result is acknowledged) and differ only in what they consume and how results are tagged:
 
-* shadow: the live requests topic, group ``radstream-shadow-<pipeline>-v<V>``, model version V;
+* shadow: the live requests topic, group ``<prefix>-shadow-<pipeline>-v<V>``, model version V;
   results carry ``shadow=True`` and their own request/result ids, so readers never see them;
-* replay: the pipeline's replay topic, group ``radstream-replay-<pipeline>``; each request names
+* replay: the pipeline's replay topic, group ``<prefix>-replay-<pipeline>``; each request names
   the model version to run (a chain per version), results carry the ``replay_id`` and are tagged
   shadow too: off the live path, never on readers' worklists nor the result of record of a timepoint.
 """
@@ -26,12 +26,12 @@ from radstream.pipelines.operators_spec import InferencePipelineSpec, load_infer
 from radstream.settings import Settings
 
 
-def shadow_group(pipeline: str, model_version: str) -> str:
-    return f"radstream-shadow-{pipeline}-v{model_version}"
+def shadow_group(settings: Settings, pipeline: str, model_version: str) -> str:
+    return f"{settings.kafka.topic_prefix}-shadow-{pipeline}-v{model_version}"
 
 
-def replay_group(pipeline: str) -> str:
-    return f"radstream-replay-{pipeline}"
+def replay_group(settings: Settings, pipeline: str) -> str:
+    return f"{settings.kafka.topic_prefix}-replay-{pipeline}"
 
 
 def replay_topic(settings: Settings, pipeline: str) -> str:
@@ -90,7 +90,7 @@ class OffPathWorker(InferenceWorker):  # type: ignore[misc]  # consumers/ is out
 
 
 def shadow_worker(settings: Settings, pipeline: str, model_version: str) -> OffPathWorker:
-    return OffPathWorker(settings, pipeline, group=shadow_group(pipeline, model_version),
+    return OffPathWorker(settings, pipeline, group=shadow_group(settings, pipeline, model_version),
                          topic=settings.topic(f"requests.{pipeline}"), component="radstream-shadow",
                          model_version=model_version, shadow=True)
 
@@ -99,5 +99,5 @@ def replay_worker(settings: Settings, pipeline: str) -> OffPathWorker:
     from radstream.ops.replay import ensure_replay_topic
 
     ensure_replay_topic(settings, pipeline)
-    return OffPathWorker(settings, pipeline, group=replay_group(pipeline), topic=replay_topic(settings, pipeline),
-                         component="radstream-replay")
+    return OffPathWorker(settings, pipeline, group=replay_group(settings, pipeline),
+                         topic=replay_topic(settings, pipeline), component="radstream-replay")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from radstream.consumers.inference.worker import InferenceWorker
+from radstream.consumers.inference.worker import InferenceWorker, group_id
 from radstream.consumers.sinks import results_spec
 
 from radstream.db.connect import connect
@@ -29,7 +29,6 @@ from tests.waiting import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
-LIVE = "radstream-infer-liver"
 
 
 def _count(s: Settings, where: str) -> int:
@@ -53,14 +52,15 @@ def test_replay_20_past_studies_into_v2(pg_settings: Settings, triton_server: ob
         with running_sink(s, results_spec(s)), Running(InferenceWorker(s, "liver"), "live"):
             for r in past:
                 producer.send_sync(topic, r.patient_key, r)
+            live = group_id(s, "liver")
             eventually(lambda: _count(s, "model_version = '1' AND status = 'completed'") == 20, timeout=300,
                        what="20 v1 results stored")
-            eventually(lambda: sum(offsets_on(s, LIVE, topic).values()) == 20, timeout=30, what="live commits")
-            before = offsets_on(s, LIVE, topic)
+            eventually(lambda: sum(offsets_on(s, live, topic).values()) == 20, timeout=30, what="live commits")
+            before = offsets_on(s, live, topic)
 
             cp = rp.run(s, rp.start(s, "liver", rp.Selection(), model_version="2"))
             assert cp.done and cp.emitted == 20 and cp.read == 20
-            assert offsets_on(s, LIVE, topic) == before  # planning and emitting the replay moved nothing live
+            assert offsets_on(s, live, topic) == before  # planning and emitting the replay moved nothing live
 
             with Running(replay_worker(s2, "liver"), "replay"):
                 for r in fresh:  # live traffic during the replay
@@ -69,7 +69,7 @@ def test_replay_20_past_studies_into_v2(pg_settings: Settings, triton_server: ob
                            timeout=300, what="20 v2 results stored")
                 eventually(lambda: _count(s, "model_version = '1' AND replay_id IS NULL") == 22, timeout=120,
                            what="the live results of the fresh studies")
-            after = offsets_on(s, LIVE, topic)
+            after = offsets_on(s, live, topic)
             events = results.until(lambda evs: len(evs) >= 42, 60, "42 results on the topic")
             events = results.settle(2.0)
     finally:

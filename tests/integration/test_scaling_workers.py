@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException
+from radstream.consumers.inference.worker import group_id
 from radstream.consumers.sinks import results_spec
 
 from radstream.db.connect import connect
@@ -30,7 +31,6 @@ from tests.waiting import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
-GROUP = "radstream-infer-liver"
 
 
 def test_three_workers_one_killed_every_request_one_result(
@@ -46,21 +46,21 @@ def test_three_workers_one_killed_every_request_one_result(
     try:
         def members() -> int:
             try:
-                g = group_status(s, [GROUP])
+                g = group_status(s, [group_id(s, "liver")])
             except KafkaException:  # the group does not exist yet
                 return 0
             return len(g[0].members) if g and g[0].state.lower() == "stable" else 0
 
         eventually(lambda: members() == 3, timeout=90, what="3 members in the liver group")
-        parts = {p for m in group_status(s, [GROUP])[0].members for p in m.partitions}
+        parts = {p for m in group_status(s, [group_id(s, "liver")])[0].members for p in m.partitions}
         assert len(parts) == 3  # one partition each: all three share the work
 
         with running_sink(s, results_spec(s)):
             for r in reqs:
                 producer.send_sync(s.topic("requests.liver"), r.patient_key, r)
             results.until(lambda evs: len(evs) >= 1, 180, "the first result")
-            owners = {m.client_id: m.partitions for m in group_status(s, [GROUP])[0].members}
-            at_kill = offsets_on(s, GROUP, s.topic("requests.liver"))
+            owners = {m.client_id: m.partitions for m in group_status(s, [group_id(s, "liver")])[0].members}
+            at_kill = offsets_on(s, group_id(s, "liver"), s.topic("requests.liver"))
             workers[0].send_signal(signal.SIGKILL)
             assert workers[0].wait(10) == -signal.SIGKILL
             done = results.until(lambda evs: {e.request_id for e in evs} >= {r.request_id for r in reqs}, 300,
@@ -73,9 +73,9 @@ def test_three_workers_one_killed_every_request_one_result(
                 return int(row[0]) if row else 0
 
             eventually(lambda: stored() == len(reqs), timeout=60, what="one stored result per request")
-        assert sum(offsets_on(s, GROUP, s.topic("requests.liver")).values()) == len(reqs)
+        assert sum(offsets_on(s, group_id(s, "liver"), s.topic("requests.liver")).values()) == len(reqs)
         eventually(lambda: members() == 2, timeout=60, what="the killed member gone from the group")
-        gs = group_status(s, [GROUP])[0]
+        gs = group_status(s, [group_id(s, "liver")])[0]
         dead = set(owners) - {m.client_id for m in gs.members}
         assert len(dead) == 1
         ends = {(p.topic, p.partition): p.end for p in gs.partitions}

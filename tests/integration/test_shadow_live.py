@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from radstream.consumers.inference.worker import InferenceWorker
+from radstream.consumers.inference.worker import InferenceWorker, group_id
 from radstream.consumers.sinks import results_spec
 
 from radstream.db.connect import connect
@@ -77,5 +77,5 @@ def test_shadow_results_are_produced_and_hidden_from_readers(
 
     # the shadow ran in its own consumer group: the live group's offsets are its own
     topic = live_s.topic("requests.liver")
-    assert sum(offsets_on(live_s, "radstream-infer-liver", topic).values()) == len(reqs)
-    assert sum(offsets_on(live_s, shadow_group("liver", "2"), topic).values()) == len(reqs)
+    assert sum(offsets_on(live_s, group_id(live_s, "liver"), topic).values()) == len(reqs)
+    assert sum(offsets_on(live_s, shadow_group(live_s, "liver", "2"), topic).values()) == len(reqs)

@@ -246,7 +246,7 @@ def test_inference_scales_per_pipeline_on_lag(k8s_docs: list[dict[str, Any]], de
             "infer", "--pipeline", pipeline]
         (trig,) = s["spec"]["triggers"]
         assert trig["type"] == "kafka"
-        assert trig["metadata"]["consumerGroup"] == group_id(pipeline)
+        assert trig["metadata"]["consumerGroup"] == group_id(Settings(), pipeline)
         assert trig["metadata"]["topic"] == defaults.topic(f"requests.{pipeline}")
         assert int(trig["metadata"]["lagThreshold"]) > 0
     gpu = deployments["triton"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -9,6 +9,7 @@ Older published versions live in ``schemas/history/<Name>.v<N>.avsc``.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -105,9 +106,25 @@ class SchemaVersion:
     version: str  # "current" or "v1", "v2", ...
 
 
+def intern_field_names(node: Any) -> None:
+    """Intern record field names: fastavro builds its dicts with these keys, and ``cls(**data)``
+    matches interned keyword names by identity (several times faster than by comparison)."""
+    if isinstance(node, list):
+        for n in node:
+            intern_field_names(n)
+    elif isinstance(node, dict):
+        for f in node.get("fields", ()):
+            f["name"] = sys.intern(f["name"])
+            intern_field_names(f["type"])
+        for key in ("items", "values", "type"):
+            if isinstance(node.get(key), (dict, list)):
+                intern_field_names(node[key])
+
+
 def _version(name: str, raw: dict[str, Any], library: dict[str, dict[str, Any]], version: str) -> SchemaVersion:
     standalone = _inline(raw, library, set())
-    parsed = fastavro.parse_schema(standalone, _write_hint=False)
+    intern_field_names(standalone)
+    parsed = fastavro.parse_schema(standalone)
     return SchemaVersion(name, standalone, parsed, fingerprint(standalone), version)
 
 

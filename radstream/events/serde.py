@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import fastavro
 
 from radstream.events.models import EVENT_TYPES, Event
-from radstream.events.schemas import SchemaVersion, current_schemas, historical_schemas
+from radstream.events.schemas import SchemaVersion, current_schemas, historical_schemas, intern_field_names
 
 MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = 0
@@ -126,7 +126,8 @@ class SingleObjectCodec:
         name = _short(schema["name"])
         if name not in _TYPES_BY_NAME:
             raise UnknownSchemaError(f"schema {name} ({fp.hex()}) is not an event this reader knows")
-        parsed = fastavro.parse_schema(schema, _write_hint=False)
+        intern_field_names(schema)
+        parsed = fastavro.parse_schema(schema)
         reader = _Reader(parsed, current_schemas()[name].parsed, _TYPES_BY_NAME[name])
         self._readers[fp] = reader
         return reader
@@ -178,7 +179,8 @@ class ConfluentCodec:
             name = _short(schema["name"])
             if name not in _TYPES_BY_NAME:
                 raise UnknownSchemaError(f"schema id {schema_id} ({name}) is not an event this reader knows")
-            parsed = fastavro.parse_schema(schema, _write_hint=False)
+            intern_field_names(schema)
+            parsed = fastavro.parse_schema(schema)
             reader = _Reader(parsed, current_schemas()[name].parsed, _TYPES_BY_NAME[name])
             self._readers[schema_id] = reader
         body = io.BytesIO(data)

@@ -69,6 +69,28 @@ class _Reader:
         return self.cls.from_avro(data)  # type: ignore[arg-type]
 
 
+def _reader_for_writer(schema: dict[str, Any], where: str) -> _Reader:
+    """A reader of bodies written with ``schema`` (found by fingerprint or registry id) into this
+    reader's own version of the record, by Avro schema resolution."""
+    name = _short(schema["name"])
+    if name not in _TYPES_BY_NAME:
+        raise UnknownSchemaError(f"schema {name} ({where}) is not an event this reader knows")
+    intern_field_names(schema)
+    return _Reader(fastavro.parse_schema(schema), current_schemas()[name].parsed, _TYPES_BY_NAME[name])
+
+
+def _read_body(reader: _Reader, data: bytes, offset: int) -> Event:
+    body = io.BytesIO(data)
+    body.seek(offset)
+    try:
+        event = reader.read(body)
+    except Exception as exc:  # fastavro raises many types on corrupt bodies
+        raise DecodeError(f"corrupt {reader.cls.SCHEMA_NAME} body: {type(exc).__name__}: {exc}") from exc
+    if body.tell() != len(data):
+        raise DecodeError(f"{len(data) - body.tell()} trailing bytes after {reader.cls.SCHEMA_NAME}")
+    return event
+
+
 class SingleObjectCodec:
     """Avro single-object encoding; no registry needed."""
 
@@ -109,26 +131,13 @@ class SingleObjectCodec:
         reader = self._readers.get(fp)
         if reader is None:
             reader = self._resolve(fp)
-        body = io.BytesIO(data)
-        body.seek(10)
-        try:
-            event = reader.read(body)
-        except Exception as exc:  # fastavro raises many types on corrupt bodies
-            raise DecodeError(f"corrupt {reader.cls.SCHEMA_NAME} body: {type(exc).__name__}: {exc}") from exc
-        if body.tell() != len(data):
-            raise DecodeError(f"{len(data) - body.tell()} trailing bytes after {reader.cls.SCHEMA_NAME}")
-        return event
+        return _read_body(reader, data, 10)
 
     def _resolve(self, fp: bytes) -> _Reader:
         schema = self._lookup(fp) if self._lookup else None
         if schema is None:
             raise UnknownSchemaError(f"unknown writer schema fingerprint {fp.hex()}")
-        name = _short(schema["name"])
-        if name not in _TYPES_BY_NAME:
-            raise UnknownSchemaError(f"schema {name} ({fp.hex()}) is not an event this reader knows")
-        intern_field_names(schema)
-        parsed = fastavro.parse_schema(schema)
-        reader = _Reader(parsed, current_schemas()[name].parsed, _TYPES_BY_NAME[name])
+        reader = _reader_for_writer(schema, f"fingerprint {fp.hex()}")
         self._readers[fp] = reader
         return reader
 
@@ -175,20 +184,6 @@ class ConfluentCodec:
                 registered = self._client.get_schema(schema_id)
             except Exception as exc:
                 raise UnknownSchemaError(f"registry has no schema id {schema_id}: {exc}") from exc
-            schema = json.loads(registered.schema_str)
-            name = _short(schema["name"])
-            if name not in _TYPES_BY_NAME:
-                raise UnknownSchemaError(f"schema id {schema_id} ({name}) is not an event this reader knows")
-            intern_field_names(schema)
-            parsed = fastavro.parse_schema(schema)
-            reader = _Reader(parsed, current_schemas()[name].parsed, _TYPES_BY_NAME[name])
+            reader = _reader_for_writer(json.loads(registered.schema_str), f"registry id {schema_id}")
             self._readers[schema_id] = reader
-        body = io.BytesIO(data)
-        body.seek(5)
-        try:
-            event = reader.read(body)
-        except Exception as exc:
-            raise DecodeError(f"corrupt {reader.cls.SCHEMA_NAME} body: {type(exc).__name__}: {exc}") from exc
-        if body.tell() != len(data):
-            raise DecodeError(f"{len(data) - body.tell()} trailing bytes after {reader.cls.SCHEMA_NAME}")
-        return event
+        return _read_body(reader, data, 5)

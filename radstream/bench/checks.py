@@ -1,0 +1,102 @@
+"""Counting after a fault: what was acknowledged is stored and on the instances topic; every
+completed study has exactly one result (or failure) per matching pipeline; no duplicate rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from radstream.bench.measure import fetch_completions, fetch_results
+from radstream.settings import Settings
+
+
+@dataclass
+class FaultCount:
+    fault: str
+    sent: int
+    acked: int
+    on_topic: int
+    in_store: int
+    studies: int
+    studies_completed: int
+    results: int
+    failures: int
+    duplicates: int
+    missing_results: list[str] = field(default_factory=list)
+    acked_not_found: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.acked == self.sent and self.on_topic == self.acked and self.in_store == self.acked
+                and self.studies_completed == self.studies and not self.missing_results and self.duplicates == 0)
+
+    def line(self) -> str:
+        return (f"fault {self.fault:<24} instances sent {self.sent:4d}, acknowledged {self.acked:4d}, "
+                f"found {self.on_topic:4d} on topic / {self.in_store:4d} in store; studies completed "
+                f"{self.studies_completed}/{self.studies}; results {self.results} (failures {self.failures}); "
+                f"duplicates {self.duplicates}")
+
+
+def instances_on_topic(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
+    """SOP Instance UID -> store URI of every InstanceReceived on the instances topic (read to its end)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from radstream.events.codec import codec_for
+    from radstream.events.models import InstanceReceived
+
+    codec = codec_for(settings)
+    topic = settings.topic("instances")
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                         "group.id": f"fault-check-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
+    out: dict[str, str] = {}
+    try:
+        ends: dict[int, int] = {}
+        assign = []
+        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+                assign.append(TopicPartition(topic, p, low))
+        if not assign:
+            return out
+        consumer.assign(assign)
+        import time
+
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                ends.pop(msg.partition(), None)
+            value = msg.value()
+            if value is None:
+                continue
+            e = codec.decode(value)
+            if isinstance(e, InstanceReceived):
+                out[e.sop_instance_uid] = e.store_uri
+    finally:
+        consumer.close()
+    return out
+
+
+def count_after_fault(fault: str, settings: Settings, sent: set[str], acked: set[str],
+                      studies: dict[str, str]) -> FaultCount:
+    """``studies``: study UID -> the pipeline it matches."""
+    from radstream.store import path_for_uri
+
+    topic = instances_on_topic(settings)
+    found = [s for s in acked if s in topic]
+    in_store = [s for s in found if path_for_uri(topic[s], settings.store_root).is_file()]
+    completed = {c.uid for c in fetch_completions(settings) if c.kind == "study"}
+    rows = [r for r in fetch_results(settings) if r.study_instance_uid in studies
+            and r.pipeline == studies[r.study_instance_uid]]
+    per_study = Counter(r.study_instance_uid for r in rows)
+    return FaultCount(
+        fault=fault, sent=len(sent), acked=len(acked), on_topic=len(found), in_store=len(in_store),
+        studies=len(studies), studies_completed=len(completed & set(studies)), results=len(rows),
+        failures=sum(1 for r in rows if r.status == "failed"),
+        duplicates=sum(n - 1 for n in per_study.values()),
+        missing_results=sorted(set(studies) - set(per_study)), acked_not_found=sorted(acked - set(in_store)),
+    )

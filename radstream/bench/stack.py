@@ -141,9 +141,19 @@ class BenchStack:
         t.join(timeout)
         if errors:
             raise errors[0]
+        self._triton_sane()
         self.specs = {s.name: s for s in self.service_specs()}
         self.services.start(list(self.specs.values()))
         self.wait_ready()
+
+    def _triton_sane(self) -> None:
+        """pytriton can answer ready while a model's Python stub failed its handshake (seen on a loaded
+        2-core machine); every call to that model then fails. Restart it once when the log says so."""
+        log = self.triton.process.log_file
+        if log.exists() and "Failed to initialize Python stub" in log.read_text(errors="replace"):
+            self.triton.stop(timeout=60)
+            log.rename(log.with_suffix(".failed-start.log"))
+            self.triton.start()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         wait_until(lambda: port_open("127.0.0.1", self.dicom_port), timeout, what="the SCP to listen")
@@ -183,6 +193,7 @@ class BenchStack:
         self.triton.stop(timeout=60)
         _sleep(down_s)
         self.triton.start()
+        self._triton_sane()
 
     # --- observation ---------------------------------------------------------------------------
 

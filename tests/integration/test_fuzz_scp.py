@@ -67,8 +67,8 @@ def test_handler_answers_every_mutated_instance_with_a_status(seeds: list[Seed],
     assert all(baseline[n] == 0 for n in ("00001.dcm", "CT_small.dcm", "MR_small.dcm")), baseline
     assert sum(1 for v in baseline.values() if v == 0) >= 20 and set(baseline.values()) <= {0, 0xA900, 0xC000}, baseline
 
-    @settings(max_examples=100_000, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    # max_examples bounds the run when the machine is fast, the deadline when it is slow
+    @settings(max_examples=12_000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(fuzz_input_strategy(len(seeds)))
     def fuzz(spec: tuple[int, int, list[Mutation], int]) -> None:
         if time.monotonic() > deadline:
@@ -98,7 +98,7 @@ def test_scp_over_the_network_survives_mutated_instances(
         target = NetworkTarget("127.0.0.1", server.port, tmp_path / "net")
         deadline = time.monotonic() + NETWORK_BUDGET_S
 
-        @settings(max_examples=100_000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=250, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(fuzz_input_strategy(len(seeds)), st.booleans())
         def fuzz(spec: tuple[int, int, list[Mutation], int], unmodified: bool) -> None:
             if time.monotonic() > deadline:

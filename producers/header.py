@@ -52,7 +52,10 @@ def is_storage_class(uid: str) -> bool:
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    try:
+        value = ds.get(keyword)  # pydicom decodes elements lazily: a corrupt VR raises here
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"unreadable {keyword} ({type(exc).__name__})") from exc
     if value is None or str(value).strip("\0 ") == "":
         raise Rejected(DOES_NOT_MATCH, f"missing {keyword}")
     text = str(value).strip("\0 ")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from radstream.events.models import EVENT_TYPES
 from radstream.events.schemas import current_schemas
@@ -35,20 +36,44 @@ def publish_schemas(settings: Settings, timeout: float = 30.0) -> int:
 
 
 class KafkaSchemaLookup:
-    """Reads the schemas topic from the start on a cache miss (rare: once per new writer version)."""
+    """Reads the schemas topic from the start on a cache miss (rare: once per new writer version).
 
-    def __init__(self, settings: Settings) -> None:
+    Misses are hostile input too (a corrupt fingerprint names no schema): a fingerprint that was
+    looked for in vain is not looked for again for ``retry_unknown_s``, and a broker that cannot
+    be reached makes the lookup answer "unknown" (the caller's DecodeError and dead letter),
+    never an exception. A fingerprint never seen before always triggers a read, so the first
+    event of a new writer version is never turned away by the rate limit.
+    """
+
+    def __init__(self, settings: Settings, retry_unknown_s: float = 30.0, timeout_s: float = 5.0,
+                 max_unknown: int = 10_000) -> None:
         self.settings = settings
+        self.retry_unknown_s = retry_unknown_s
+        self.timeout_s = timeout_s
+        self.max_unknown = max_unknown
         self._known: dict[bytes, dict[str, Any]] = {}
+        self._unknown: dict[bytes, float] = {}  # fingerprint -> when it was last looked for in vain
         self._lock = threading.Lock()
 
     def __call__(self, fingerprint: bytes) -> dict[str, Any] | None:
         with self._lock:
-            if fingerprint not in self._known:
-                self._refresh()
-            return self._known.get(fingerprint)
+            if fingerprint in self._known:
+                return self._known[fingerprint]
+            now = time.monotonic()
+            if now - self._unknown.get(fingerprint, float("-inf")) < self.retry_unknown_s:
+                return None
+            try:
+                self._refresh(self.timeout_s)
+            except KafkaException as exc:
+                log.warning("schemas topic unreadable (%s); fingerprint %s stays unknown", exc, fingerprint.hex())
+            found = self._known.get(fingerprint)
+            if found is None:
+                if len(self._unknown) >= self.max_unknown:
+                    self._unknown.clear()
+                self._unknown[fingerprint] = now
+            return found
 
-    def _refresh(self, timeout: float = 10.0) -> None:
+    def _refresh(self, timeout: float) -> None:
         topic = self.settings.topic("schemas")
         consumer = Consumer({
             **base_config(self.settings, "radstream-schema-lookup"),

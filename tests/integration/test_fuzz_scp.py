@@ -32,12 +32,11 @@ from tests.integration.ingest_support import ingest_settings, running_ingest
 pytestmark = [pytest.mark.dicom]
 
 HANDLER_BUDGET_S = 30.0
-# Found by this fuzzer, open (ingest owns producers/header.py): read_header validates UIDs with
-# ds.get() outside its try block, and pydicom parses elements lazily, so a corrupt VR in the
-# Series Instance UID element (one flipped bit: 'UI' -> 'UH') raises NotImplementedError out of
-# the C-STORE handler instead of a 0xC000 refusal with a dead letter. pynetdicom catches it and
-# answers 0xC211 (the SCP process lives on). See test_regression_corrupt_vr_in_a_uid_element.
-KNOWN_HANDLER_BUGS = {"NotImplementedError in header.py:_uid"}
+# Crashes of the handler this fuzzer found and that are still open (none). Fixed: a corrupt VR in
+# the Series Instance UID element ('UI' -> 'UH') raised NotImplementedError out of the C-STORE
+# handler (pydicom parses elements lazily); now 0xC000 and a dead letter, see
+# test_regression_corrupt_vr_in_a_uid_element.
+KNOWN_HANDLER_BUGS: set[str] = set()
 NETWORK_BUDGET_S = 25.0
 
 
@@ -114,8 +113,6 @@ def test_scp_over_the_network_survives_mutated_instances(
         assert target.tally.statuses["0x0000"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="open bug, see KNOWN_HANDLER_BUGS: corrupt VR in a UID element raises "
-                   "out of the C-STORE handler instead of a 0xC000 refusal")
 def test_regression_corrupt_vr_in_a_uid_element(seeds: list[Seed], tmp_path: Path) -> None:
     target = HandlerTarget(tmp_path / "home")
     seed = next(s for s in seeds if s.name == "CT_small.dcm")

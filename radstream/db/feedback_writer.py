@@ -97,6 +97,10 @@ MERGE_SQL = (
 )
 
 
+# all merges in one simple-protocol query: one round trip instead of one per statement (no parameters)
+_MERGE_ALL = ";\n".join(MERGE_SQL).encode("utf-8")
+
+
 def write_feedback_rows(conn: psycopg.Connection[Any], rows: FeedbackRows) -> None:
     """Merge one batch in one transaction (``conn`` in autocommit mode)."""
     ensure_stages(conn, STAGES)
@@ -107,5 +111,4 @@ def write_feedback_rows(conn: psycopg.Connection[Any], rows: FeedbackRows) -> No
             copy_rows(cur, "s_review_findings", FINDING_COLS, rows.findings)
         if rows.qc:
             copy_rows(cur, "s_qc_decisions", QC_COLS, rows.qc)
-        for statement in MERGE_SQL:
-            cur.execute(statement.encode("utf-8"))
+        cur.execute(_MERGE_ALL)

@@ -7,6 +7,7 @@ by a failure of the same id, and measurements/detections always follow the winni
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -65,6 +66,18 @@ def parse_study_date(value: str | None) -> date | None:
         return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
     except ValueError:
         return None
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+def _jsonb(value: Any) -> Jsonb:
+    """JSON serialised now (while the rows are built), not by the COPY on the writer's critical path."""
+    return Jsonb(json.dumps(value), dumps=_as_is)
+
+
+_EMPTY_JSONB = _jsonb({})
 
 
 def _require(value: str, what: str) -> str:
@@ -140,8 +153,8 @@ class ResultRows:
             self.results.append((
                 rid, e.event_id, e.request_id, e.producer, e.patient_key, e.study_instance_uid, e.accession_number,
                 e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow, e.replay_id, "completed",
-                None, None, None, None, list(e.series_instance_uids), Jsonb(outputs), e.seg_uri, e.sr_uri,
-                e.blinding_hash, Jsonb(dict(e.timings_ms)), sd, e.started_at, e.occurred_at, e.last_received_at,
+                None, None, None, None, list(e.series_instance_uids), _jsonb(outputs), e.seg_uri, e.sr_uri,
+                e.blinding_hash, _jsonb(e.timings_ms), sd, e.started_at, e.occurred_at, e.last_received_at,
             ))
             seen: set[tuple[str, str]] = set()
             for m in e.measurements:
@@ -157,7 +170,7 @@ class ResultRows:
             self.results.append((
                 rid, e.event_id, e.request_id, e.producer, e.patient_key, e.study_instance_uid, e.accession_number,
                 e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow, e.replay_id, "failed",
-                e.stage, e.reason, e.retriable, e.attempts, [], Jsonb({}), None, None, None, Jsonb({}), None,
+                e.stage, e.reason, e.retriable, e.attempts, [], _EMPTY_JSONB, None, None, None, _EMPTY_JSONB, None,
                 None, e.occurred_at, e.last_received_at,
             ))
 
@@ -246,6 +259,11 @@ MERGE_SOURCE_INSTANCES = f"""
         instance_number = EXCLUDED.instance_number, position_along_normal = EXCLUDED.position_along_normal"""
 
 
+# all merges in one simple-protocol query: one round trip instead of one per statement (no parameters)
+_MERGE_ALL = ";\n".join(MERGE_SQL).encode("utf-8")
+_MERGE_ALL_AND_SOURCES = ";\n".join((*MERGE_SQL, MERGE_SOURCE_INSTANCES)).encode("utf-8")
+
+
 def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
     """Merge one batch in one transaction (``conn`` in autocommit mode)."""
     ensure_stages(conn, STAGES)
@@ -264,7 +282,4 @@ def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
             copy_rows(cur, "s_measurements", MEASUREMENT_COLS, rows.measurements)
         if rows.detections:
             copy_rows(cur, "s_detections", DETECTION_COLS, rows.detections)
-        for statement in MERGE_SQL:
-            cur.execute(statement.encode("utf-8"))
-        if rows.source_instances:
-            cur.execute(MERGE_SOURCE_INSTANCES.encode("utf-8"))
+        cur.execute(_MERGE_ALL_AND_SOURCES if rows.source_instances else _MERGE_ALL)

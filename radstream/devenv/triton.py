@@ -24,6 +24,7 @@ class TritonServer:
     host: str = "127.0.0.1"
     repository: Path = DEFAULT_REPOSITORY
     wait_ms: float = 50.0
+    wait_instances: int = 4  # instances of the wait_ref model
     extra_env: dict[str, str] = field(default_factory=dict)
     model_version: int | None = None  # serve the reference models as this version (None: their own)
 
@@ -45,6 +46,7 @@ class TritonServer:
             "--repository", str(self.repository), "--host", self.host,
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port), "--wait-ms", str(self.wait_ms),
+            "--wait-instances", str(self.wait_instances),
             "--workspace", str(self.home / "workspace"),
             *(["--model-version", str(self.model_version)] if self.model_version else []),
         ]

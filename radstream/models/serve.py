@@ -26,6 +26,7 @@ import numpy as np
 from radstream.models.specs import REFERENCE_MODELS, WAIT_MODEL, ModelSpec
 
 log = logging.getLogger(__name__)
+_ATTEMPT_ENV = "RADSTREAM_TRITON_START_ATTEMPT"  # set by serve() itself when it starts again
 
 
 def libpython_dir() -> str:
@@ -52,7 +53,13 @@ class ServeOptions:
     wait_ms: float = 50.0
     wait_max_batch: int = 16
     wait_queue_delay_us: int = 2000
+    wait_instances: int = 4
+    """Instances of the wait model (as streams on a busy GPU): each batches what queues for it and waits
+    once per batch, and up to this many batches wait at the same time. With one instance, callers
+    that drift out of phase wait for the batch in progress before their own."""
     ort_threads: int = 1
+    start_attempts: int = 3
+    """Times to start Triton when a model fails to load (pytriton's multi-instance start races on a busy CPU)."""
     workspace: Path | None = None
     model_version: int | None = None
     """Serve each reference model under this version instead of its own (e.g. 2: a second version for
@@ -100,19 +107,40 @@ def ensure_repository(repository: Path) -> None:
         build_repository(repository)
 
 
+def _bind_models(triton: Any, opts: ServeOptions) -> None:
+    from pytriton.model_config import DynamicBatcher, ModelConfig
+
+    for spec in REFERENCE_MODELS:
+        path = opts.repository / spec.name / spec.version / "model.onnx"
+        triton.bind(
+            model_name=spec.name,
+            infer_func=_onnx_infer(spec, path, opts.ort_threads),
+            inputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.inputs],
+            outputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.outputs],
+            model_version=opts.model_version or int(spec.version),
+            config=ModelConfig(batching=False),
+            strict=True,
+        )
+    # the wait model batches what queues for it and waits once per batch, as a busy GPU does;
+    # a list of callables = that many Triton model instances (each a proxy process of its own)
+    triton.bind(
+        model_name=WAIT_MODEL,
+        infer_func=[_wait_infer(opts.wait_ms / 1000.0) for _ in range(max(1, opts.wait_instances))],
+        inputs=[_tensor("x", "float32", (-1, -1))],
+        outputs=[_tensor("y", "float32", (-1, -1))],
+        config=ModelConfig(batching=True, max_batch_size=opts.wait_max_batch,
+                           batcher=DynamicBatcher(max_queue_delay_microseconds=opts.wait_queue_delay_us)),
+    )
+
+
 def serve(opts: ServeOptions) -> None:
     """Run Triton in the foreground until SIGTERM/SIGINT."""
     if os.environ.get("LD_LIBRARY_PATH", "").split(":")[0] != libpython_dir():
         # the stub reads LD_LIBRARY_PATH at its own start; set it for this process and re-exec once
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], libpython_env())
-    from pytriton.model_config import DynamicBatcher, ModelConfig
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
     ensure_repository(opts.repository)
-    if opts.workspace is not None and opts.workspace.exists():
-        import shutil
-
-        shutil.rmtree(opts.workspace)  # left by a killed server; pytriton wants to create it
     config = TritonConfig(
         http_address=opts.host, http_port=opts.http_port, grpc_address=opts.host, grpc_port=opts.grpc_port,
         metrics_port=opts.metrics_port, metrics_address=opts.host, allow_gpu_metrics=False,
@@ -122,30 +150,31 @@ def serve(opts: ServeOptions) -> None:
     # model-repository, shared-memory and the other control endpoints keep pytriton's token
     endpoints = [e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"]
     security = TritonSecurityConfig(restricted_endpoints=endpoints)
+    attempt = int(os.environ.get(_ATTEMPT_ENV, "1"))
+    if opts.workspace is not None and opts.workspace.exists():
+        import shutil
+
+        shutil.rmtree(opts.workspace)  # left by a killed server or a failed start; pytriton wants to create it
     with Triton(config=config, workspace=opts.workspace, security_config=security) as triton:
-        for spec in REFERENCE_MODELS:
-            path = opts.repository / spec.name / spec.version / "model.onnx"
-            triton.bind(
-                model_name=spec.name,
-                infer_func=_onnx_infer(spec, path, opts.ort_threads),
-                inputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.inputs],
-                outputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.outputs],
-                model_version=opts.model_version or int(spec.version),
-                config=ModelConfig(batching=False),
-                strict=True,
-            )
-        # the wait model batches what queues for it and waits once per batch, as a busy GPU does
-        # (one instance: several pytriton instances fail their proxy handshake here)
-        triton.bind(
-            model_name=WAIT_MODEL,
-            infer_func=_wait_infer(opts.wait_ms / 1000.0),
-            inputs=[_tensor("x", "float32", (-1, -1))],
-            outputs=[_tensor("y", "float32", (-1, -1))],
-            config=ModelConfig(batching=True, max_batch_size=opts.wait_max_batch,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=opts.wait_queue_delay_us)),
-        )
-        log.info("triton serving reference models on http %d / grpc %d", opts.http_port, opts.grpc_port)
-        triton.serve()
+        try:
+            _bind_models(triton, opts)
+        except Exception as exc:
+            # pytriton's model instances after the first fetch its config over a unix socket that the
+            # first instance binds and then listens on; a busy CPU widens that gap and a loading
+            # instance gets "ConnectionRefusedError" (pytriton does not retry). Start again below, in a
+            # fresh process: pytriton cannot start a second server in one process (its tensor store's
+            # manager rejects the new server's proxies: "AuthenticationError: digest sent was rejected").
+            if attempt >= opts.start_attempts:
+                raise
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.warning("a model failed to load (start %d of %d): %s; starting Triton again",
+                        attempt, opts.start_attempts, first_line)
+        else:
+            log.info("triton serving reference models on http %d / grpc %d", opts.http_port, opts.grpc_port)
+            triton.serve()
+            return
+    # same pid (pid files stay valid), same arguments; Triton above has stopped and freed its ports
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, _ATTEMPT_ENV: str(attempt + 1)})
 
 
 def main() -> None:
@@ -160,12 +189,14 @@ def main() -> None:
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--wait-ms", type=float, default=50.0)
+    ap.add_argument("--wait-instances", type=int, default=4, help="instances of the wait_ref model")
     ap.add_argument("--workspace", type=Path, default=None)
     ap.add_argument("--model-version", type=int, default=None, help="serve the reference models as this version")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(ServeOptions(repository=a.repository, http_port=a.http_port, grpc_port=a.grpc_port,
                        metrics_port=a.metrics_port, host=a.host, wait_ms=a.wait_ms, workspace=a.workspace,
+                       wait_instances=a.wait_instances,
                        model_version=a.model_version))
 
 

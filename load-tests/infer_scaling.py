@@ -2,11 +2,13 @@
 
 Real Kafka (KRaft) and a real Triton (pytriton, CPU) on free ports; the model is ``wait_ref``,
 which waits ``--wait-ms`` per batch (as a busy GPU would) and batches concurrent requests
-(Triton dynamic batcher). Workers are separate ``radstream infer --pipeline wait-bench``
-processes; the pipeline is a file (loader -> normalise -> Triton), no code.
+(Triton dynamic batcher) in each of ``--wait-instances`` model instances, so batches of
+replicas that drift out of phase wait side by side, as streams on a GPU do. Workers are
+separate ``radstream infer --pipeline wait-bench`` processes; the pipeline is a file
+(loader -> normalise -> Triton), no code.
 For each replica count: warm up, publish N requests as a backlog, time until N results.
 
-    .venv/bin/python load-tests/infer_scaling.py [--requests 80] [--wait-ms 200]
+    .venv/bin/python load-tests/infer_scaling.py [--requests 80] [--wait-ms 200] [--wait-instances 4]
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from radstream.consumers.inference.worker import group_id
 
 from radstream.devenv.kafka import KafkaServer
 from radstream.devenv.process import free_port
@@ -49,7 +53,20 @@ outputs: [detections]
 """
 
 
-def run(replicas: int, n: int, settings: Settings, env: dict[str, str], root: Path, truth: dict[str, object]) -> float:
+def assignment(s: Settings, group: str) -> list[list[int]]:
+    """Partitions of each member of a stable consumer group (empty while it rebalances)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": s.kafka.bootstrap_servers})
+    d = admin.describe_consumer_groups([group])[group].result()
+    if d.state != ConsumerGroupState.STABLE:
+        return []
+    return sorted(sorted(tp.partition for tp in m.assignment.topic_partitions) for m in d.members)
+
+
+def run(replicas: int, n: int, settings: Settings, env: dict[str, str], root: Path,
+        truth: dict[str, object]) -> tuple[float, list[list[int]]]:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     s = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_prefix": prefix})})
     create_topics(s)
@@ -73,17 +90,30 @@ def run(replicas: int, n: int, settings: Settings, env: dict[str, str], root: Pa
         producer.flush()
 
     def drain(count: int, timeout: float) -> list[Event]:
-        got: list[Event] = []
+        # one per request: a request redelivered after a rebalance may be answered twice (at least once)
+        got: dict[str, Event] = {}
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
-            got.extend(r.event for r in results.poll_batch(500, 0.2) if r.event is not None)
+            got.update((getattr(r.event, "request_id", ""), r.event) for r in results.poll_batch(500, 0.2)
+                       if r.event is not None)
         if len(got) < count:
             raise TimeoutError(f"{len(got)}/{count} results")
-        return got
+        return list(got.values())
 
     try:
         publish(replicas * 4)  # warm-up: every replica joined, connected and has its partitions
         drain(replicas * 4, 180)
+        # the warm-up can finish before the last replica joins; measure once all share the partitions
+        # (a rebalance during the run, or one replica left with none, is not what R6 measures)
+        group, parts = group_id(s, "wait-bench"), s.kafka.default_partitions
+        deadline = time.monotonic() + 120
+        while not ((a := assignment(s, group)) and len(a) == replicas and all(a)
+                   and sum(map(len, a)) == parts):
+            if time.monotonic() > deadline:
+                exited = {i: p.returncode for i, p in enumerate(procs) if p.poll() is not None}
+                raise TimeoutError(f"consumer group {group} not balanced over {replicas} replicas: {a}; "
+                                   f"exited workers {exited}; logs in {settings.home}")
+            time.sleep(0.5)
         publish(n)
         t0 = time.perf_counter()
         got = drain(n, 600)
@@ -91,7 +121,7 @@ def run(replicas: int, n: int, settings: Settings, env: dict[str, str], root: Pa
         bad = [e for e in got if type(e).__name__ != "InferenceCompleted"]
         if bad:
             raise RuntimeError(f"{len(bad)} requests failed: {bad[0]}")
-        return n / elapsed
+        return n / elapsed, assignment(s, group)
     finally:
         for p in procs:
             p.terminate()
@@ -106,6 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=80)
     ap.add_argument("--wait-ms", type=float, default=200.0)
+    ap.add_argument("--wait-instances", type=int, default=4, help="instances of the wait_ref model in Triton")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="radstream-r6-") as tmp:
         home = Path(tmp)
@@ -113,7 +144,7 @@ def main() -> None:
         (home / "pipelines" / "wait-bench.yaml").write_text(PIPELINE)
         kafka = KafkaServer(home / "kafka", port=free_port(), controller_port=free_port())
         triton = TritonServer(home / "triton", http_port=free_port(), grpc_port=free_port(),
-                              metrics_port=free_port(), wait_ms=a.wait_ms)
+                              metrics_port=free_port(), wait_ms=a.wait_ms, wait_instances=a.wait_instances)
         kafka.start()
         triton.start()
         try:
@@ -127,19 +158,23 @@ def main() -> None:
                    "RADSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RADSTREAM_PIPELINES": '["wait-bench"]',
                    "RADSTREAM_TRITON__HOST": "127.0.0.1", "RADSTREAM_TRITON__GRPC_PORT": str(triton.grpc_port),
                    "RADSTREAM_TRITON__HTTP_PORT": str(triton.http_port),
-                   "RADSTREAM_INFERENCE__PIPELINES_DIR": str(home / "pipelines")}
+                   "RADSTREAM_INFERENCE__PIPELINES_DIR": str(home / "pipelines"),
+                   # replicas on one host: no /metrics port each (they would all want the infer default)
+                   "RADSTREAM_OBSERVABILITY__PORTS": '{"infer": 0}'}
             (home / "home").mkdir(parents=True, exist_ok=True)
             root = home / "synth"
             truth = synthesize(root, SynthConfig(seed=1, brain_patients=0, liver_patients=0, hip_patients=4,
                                                  timepoints=1, dx_size=(64, 64), dx_images=1))
-            one = run(1, a.requests, settings, env, root, truth)
-            four = run(4, a.requests, settings, env, root, truth)
+            one, _ = run(1, a.requests, settings, env, root, truth)
+            four, parts = run(4, a.requests, settings, env, root, truth)
         finally:
             triton.stop()
             kafka.stop()
     print(json.dumps({"benchmark": "R6 inference scaling", "model": "wait_ref", "wait_ms": a.wait_ms,
+                      "wait_instances": a.wait_instances,
                       "requests": a.requests, "results_per_s_1_replica": round(one, 2),
                       "results_per_s_4_replicas": round(four, 2), "R6": round(four / one, 2), "goal": 3.5,
+                      "partitions_per_replica": parts,
                       "cpus": os.cpu_count()}, indent=2))
 
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,7 @@ def stack(pg_settings: Settings) -> Iterator[tuple[Settings, Seeded, str]]:
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+        pytest.fail(f"no Chromium at {CHROMIUM}: scripts/bootstrap.sh installs Debian's chromium")
     profile = tempfile.mkdtemp(prefix="rs-chromium-")
     with playwright_api.sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
@@ -281,4 +280,3 @@ def test_qc_approval_releases_case_to_readers(stack: tuple[Settings, Seeded, str
     assert path is not None and Path(path).read_text().startswith("pipeline,")
     page.goto(f"{base}/admin/blinding")
     assert s.liver_hash in page.inner_text("#blinding-map")
-    time.sleep(0)  # keep the page open until here

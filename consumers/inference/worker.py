@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import KafkaError, KafkaException
 from radstream.consumers.inference.chain import Chain, StageError
 from radstream.consumers.operators.base import RetriableError
 
@@ -28,9 +27,6 @@ from radstream.pipelines.operators_spec import InferencePipelineSpec, load_infer
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# a commit refused because the group rebalanced under it: the partition has (or will have) a new owner
-_LOST_TO_REBALANCE = {KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID}
 COMPONENT = "radstream-infer"
 
 
@@ -126,16 +122,9 @@ class InferenceWorker:
                     self.name, "completed" if isinstance(result, InferenceCompleted) else "failed",
                     seconds=time.monotonic() - t0,
                     end_to_end_s=seconds_since(ev.last_received_at))
-        try:
-            self.consumer.commit([received])
-        except KafkaException as exc:
-            # a replica joined or left while this request ran: its partition's new owner gets it again
-            # from the last commit (at least once: a second result for it, as after a crash) and this
-            # worker carries on with what it is assigned now, instead of dying on the rebalance
-            if exc.args[0].code() not in _LOST_TO_REBALANCE:
-                raise
-            log.warning("offset commit lost to a consumer-group rebalance (%s); the request is redelivered",
-                        exc.args[0].name())
+        # a commit lost to a rebalance is not an error: the partition's new owner gets the request
+        # again (at least once; the same result id, stored once by the sink)
+        self.consumer.commit([received])
         self.processed += 1
         if self.obs is not None:
             m = self.obs.consumer_metrics()

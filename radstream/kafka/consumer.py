@@ -7,6 +7,7 @@ Decoding happens here; a message that cannot be decoded is handed back as a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from radstream.events.models import Event
 from radstream.events.serde import Codec, DecodeError
 from radstream.kafka.config import base_config
 from radstream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -44,6 +47,12 @@ class Received:
     def key(self) -> bytes | None:
         k = self.message.key()
         return k if isinstance(k, bytes) or k is None else str(k).encode()
+
+
+# a commit refused because the group rebalanced under it
+_LOST_TO_REBALANCE = frozenset(
+    {KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID}
+)
 
 
 class EventConsumer:
@@ -108,16 +117,30 @@ class EventConsumer:
                 out.append(Received(msg, None, exc))
         return out
 
-    def commit(self, received: Iterable[Received]) -> None:
-        """Synchronously commit past every message given (call after their effect is durable)."""
+    def commit(self, received: Iterable[Received]) -> bool:
+        """Synchronously commit past every message given (call after their effect is durable).
+
+        Returns False when the group rebalanced under the commit (the partitions have, or will
+        have, a new owner that gets those messages again: at-least-once, effects are idempotent);
+        other commit errors raise.
+        """
         latest: dict[tuple[str, int], int] = {}
         for r in received:
             k = (r.topic, r.partition)
             latest[k] = max(latest.get(k, -1), r.offset)
-        if latest:
+        if not latest:
+            return True
+        try:
             self._consumer.commit(
                 offsets=[TopicPartition(t, p, o + 1) for (t, p), o in latest.items()], asynchronous=False
             )
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LOST_TO_REBALANCE:
+                raise
+            log.warning("offset commit lost to a consumer-group rebalance (%s); the messages are redelivered",
+                        exc.args[0].name())
+            return False
+        return True
 
     def close(self) -> None:
         self._consumer.close()

@@ -179,7 +179,6 @@ def format_table(rows: list[Row]) -> str:
 
 def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], stop: bool = False) -> bool:
     """Run the whole job; True when every result is there and agrees with the ground truth."""
-    import os
 
     from radstream.db.migrate import migrate
     from radstream.devenv.process import port_open, wait_until
@@ -199,7 +198,6 @@ def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], st
     echo(f"    up in {time.monotonic() - t0:.0f}s")
 
     echo("2/6 radstream processes: ingest, aggregate, dispatch, infer x3, sinks, web ...")
-    os.environ.update(demo_env(plan))
     started = stack.services.start(radstream_services(settings, demo_env(plan)))
     wait_until(lambda: port_open("127.0.0.1", settings.dicom.port), 120, what="the DICOM port")
     wait_until(lambda: port_open(settings.web.host, settings.web.port), 120, what="the web app")

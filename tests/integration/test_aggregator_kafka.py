@@ -51,6 +51,10 @@ def test_series_and_studies_close_within_one_timer_interval(kafka_settings: Sett
     t = threading.Thread(target=worker.run, daemon=True)
     t.start()
     try:
+        # measure the timers, not the worker's start: on a fresh broker the first group join and the
+        # transaction coordinator's first load take seconds
+        eventually(lambda: len(worker.assigned) == s.kafka.default_partitions and not worker._catch_up,
+                   timeout=60, what="the worker to own every partition and read its backlog")
         snd = Sender(s)
         last_sent: dict[str, float] = {}
         for p in range(4):

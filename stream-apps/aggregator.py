@@ -39,10 +39,10 @@ class AggregatorWorker(TxLoop):
         self.aggs: dict[int, Aggregator] = {}
         self.series_topic = settings.topic("series")
         self.studies_topic = settings.topic("studies")
-        self.counts = {o.value: 0 for o in AddOutcome}
+        self.counts: dict[str, int] = {o.value: 0 for o in AddOutcome}
 
     def restore(self, partition: int, records: Iterator[tuple[str, bytes | None]]) -> None:
-        r = StateRestorer()
+        r = StateRestorer(self.codec.decode)
         for key, value in records:
             r.apply(key, value)
         agg = Aggregator(self.policy)
@@ -55,31 +55,41 @@ class AggregatorWorker(TxLoop):
 
     def process(self, batch: list[Received], now: float) -> Output:
         touched: dict[int, set[str]] = {}
+        received: dict[str, bytes] = {}  # SOP UID -> the event's bytes, kept as the changelog entry
+        counts = self.counts
         for r in batch:
+            m = r.message
             try:
                 ev = r.event
                 if r.error is not None:
                     raise r.error
                 if not isinstance(ev, InstanceReceived):
                     raise NotAnInstance(f"expected InstanceReceived, got {type(ev).__name__}")
-                key = r.key.decode() if r.key else None
-                if key is not None and key != ev.patient_key:
+                key = m.key()
+                if key is not None and (key.decode() if isinstance(key, bytes) else key) != ev.patient_key:
                     raise NotAnInstance("message key is not the event's patient key")
                 if not ev.sop_instance_uid or not ev.series_instance_uid or not ev.study_instance_uid:
                     raise NotAnInstance("missing SOP, series or study UID")
             except Exception as exc:  # poison: dead-letter it, never stop
                 self.dead_letter(r, exc)
                 continue
-            agg = self.aggs.get(r.partition)
+            partition = m.partition()
+            agg = self.aggs.get(partition)
             if agg is None:  # assigned but not restored: cannot happen inside consume(); be safe
-                agg = self.aggs[r.partition] = Aggregator(self.policy)
-            self.counts[agg.add(ev, now).value] += 1
-            touched.setdefault(r.partition, set()).add(ev.patient_key)
+                agg = self.aggs[partition] = Aggregator(self.policy)
+            outcome = agg.add(ev, now)
+            counts[outcome] += 1
+            if outcome is not AddOutcome.DUPLICATE:
+                received[ev.sop_instance_uid] = m.value()
+                keys = touched.get(partition)
+                if keys is None:
+                    keys = touched[partition] = set()
+                keys.add(ev.patient_key)
         out = Output()
         for partition, keys in touched.items():
             agg = self.aggs[partition]
             for key in keys:
-                out.changelog += [(partition, k, v) for k, v in dirty_records(agg.patients[key])]
+                out.changelog += [(partition, k, v) for k, v in dirty_records(agg.patients[key], received)]
         return out
 
     def tick(self, partitions: set[int], now: float) -> Output:

@@ -94,6 +94,15 @@ def reconstruction_order(instances: Iterable[InstanceRef]) -> list[InstanceRef]:
     return sorted(instances, key=key)
 
 
+def instance_ref(ev: InstanceReceived) -> InstanceRef:
+    """What a completed series lists of one received instance."""
+    return InstanceRef(
+        sop_instance_uid=ev.sop_instance_uid, sop_class_uid=ev.sop_class_uid, store_uri=ev.store_uri,
+        sha256=ev.sha256, byte_size=ev.byte_size, instance_number=ev.instance_number,
+        position_along_normal=position_along_normal(ev.image_position_patient, ev.image_orientation_patient),
+        received_at=ev.received_at)
+
+
 def _dt(t: float) -> datetime:
     return datetime.fromtimestamp(round(t, 3), UTC)
 
@@ -127,6 +136,8 @@ class SeriesState:
     open: bool = True
     late: bool = False
     closed_at: float | None = None
+    chunks: int = 0  # changelog chunks of this series' instances written so far
+    legacy_instance_keys: bool = False  # restored from one-record-per-instance changelog keys
 
 
 @dataclass(slots=True)
@@ -201,11 +212,7 @@ class Aggregator:
         elif not s.open:
             s.open, s.late, s.opened_at, s.closed_at = True, True, now, None
             outcome = AddOutcome.LATE
-        s.instances[ev.sop_instance_uid] = InstanceRef(
-            sop_instance_uid=ev.sop_instance_uid, sop_class_uid=ev.sop_class_uid, store_uri=ev.store_uri,
-            sha256=ev.sha256, byte_size=ev.byte_size, instance_number=ev.instance_number,
-            position_along_normal=position_along_normal(ev.image_position_patient, ev.image_orientation_patient),
-            received_at=ev.received_at)
+        s.instances[ev.sop_instance_uid] = instance_ref(ev)
         for holder in (s, study):
             if holder.first_received_at is None or ev.received_at < holder.first_received_at:
                 holder.first_received_at = ev.received_at

@@ -222,8 +222,10 @@ class TxLoop:
                 if self._needs_reset:
                     self._reset()
                 wait = max(0.0, min(0.5, next_tick - self.clock()))
-                msgs = self.consumer.consume(self.batch_size, wait if wait > 0 else 0.01)
+                msgs = self.consumer.consume(self.batch_size, max(wait, 0.005))  # never a busy loop
                 batch: list[Received] = []
+                latest: dict[tuple[str, int], int] = {}  # next offset to commit per input partition
+                decode = self.codec.decode
                 for m in msgs:
                     err = m.error()
                     if err is not None:
@@ -232,11 +234,12 @@ class TxLoop:
                         elif err.fatal():
                             raise KafkaException(err)
                         continue
+                    latest[(m.topic(), m.partition())] = m.offset()  # in offset order per partition
                     value = m.value()
                     try:
                         if value is None:
                             raise DecodeError("empty message where an event was expected")
-                        batch.append(Received(m, self.codec.decode(value)))
+                        batch.append(Received(m, decode(value)))
                     except DecodeError as exc:
                         batch.append(Received(m, None, exc))
                 now = self.clock()
@@ -251,7 +254,7 @@ class TxLoop:
                     out.changelog += t_out.changelog
                     next_tick = now + self.timer_interval_s
                 if batch or out:
-                    self._commit(batch, out)
+                    self._commit(batch, latest, out)
                     self.processed += len(batch)
         finally:
             self.close()
@@ -262,7 +265,9 @@ class TxLoop:
         if self.obs is not None:
             self.obs.consumer_metrics().deadlettered()
 
-    def _commit(self, batch: list[Received], out: Output) -> None:
+    def _commit(self, batch: list[Received], latest: dict[tuple[str, int], int], out: Output) -> None:
+        """One transaction: ``out`` and the offsets after ``latest`` (the last offset consumed per
+        partition; with none, the current positions)."""
         try:
             self.producer.begin_transaction()
             for topic, key, event in out.events:
@@ -270,7 +275,7 @@ class TxLoop:
                               [("event-type", event.SCHEMA_NAME.encode())])
             for partition, key, value in out.changelog:
                 self._produce(self.changelog, key, value, partition, None)
-            offsets = self._offsets(batch)
+            offsets = self._offsets(latest)
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(60)
@@ -291,8 +296,12 @@ class TxLoop:
         m = self.obs.consumer_metrics() if self.obs is not None else None
         if m is None:
             return
+        per_topic: dict[str, int] = {}
         for r in batch:
-            m.consumed_event(r.topic)
+            t = r.message.topic()
+            per_topic[t] = per_topic.get(t, 0) + 1
+        for topic, n in per_topic.items():
+            m.consumed_event(topic, n)
         for topic, _, _ in out.events:
             m.produced_event(topic)
 
@@ -308,11 +317,7 @@ class TxLoop:
             except BufferError:
                 self.producer.poll(0.05)
 
-    def _offsets(self, batch: list[Received]) -> list[TopicPartition]:
-        latest: dict[tuple[str, int], int] = {}
-        for r in batch:
-            k = (r.topic, r.partition)
-            latest[k] = max(latest.get(k, -1), r.offset)
+    def _offsets(self, latest: dict[tuple[str, int], int]) -> list[TopicPartition]:
         if not latest:
             # a timer-only transaction: commit the current positions so a fenced worker cannot commit
             assignment = self.consumer.assignment()

@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from radstream.stream_apps.grouping import AddOutcome, Aggregator, TimeoutPolicy
+from radstream.stream_apps.grouping import AddOutcome, Aggregator, PipelineTimeouts, TimeoutPolicy
 from radstream.stream_apps.state_codec import StateRestorer, dirty_records, tombstones
 from radstream.stream_apps.txloop import Output, TxLoop
 
 from radstream.events.models import InstanceReceived, SeriesCompleted
 from radstream.kafka.consumer import Received
 from radstream.observability import Observability, kafka_ready
+from radstream.pipelines.rules import SeriesFacts, routed
+from radstream.pipelines.spec import PipelineSpec, load_pipelines
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,22 @@ log = logging.getLogger(__name__)
 
 class NotAnInstance(ValueError):
     """A message on the instances topic that is not a usable InstanceReceived."""
+
+
+def pipeline_timeouts(settings: Settings) -> list[PipelineTimeouts]:
+    """The quiet periods of the enabled pipelines whose files set ``completion``."""
+    out = []
+    for spec in load_pipelines(settings.dispatcher.pipelines_dir):
+        c = spec.completion
+        if c is None:
+            continue
+
+        def routes(attrs: dict[str, Any], spec: PipelineSpec = spec) -> bool:
+            return routed(spec, SeriesFacts("", "", 0, attrs)).selected
+
+        out.append(PipelineTimeouts(spec.name, routes, c.series_quiet_s, c.patient_quiet_s, c.max_age_s))
+        log.info("pipeline %s: quiet periods %s", spec.name, c.model_dump(exclude_none=True))
+    return out
 
 
 class AggregatorWorker(TxLoop):
@@ -35,7 +54,7 @@ class AggregatorWorker(TxLoop):
         super().__init__(settings, a.group_id, [settings.topic("instances")],
                          settings.topic("aggregator.changelog"), a.timer_interval_s, a.batch_size,
                          clock=clock or time.time)
-        self.policy = TimeoutPolicy.from_settings(a)
+        self.policy = TimeoutPolicy.from_settings(a, pipeline_timeouts(settings))
         self.aggs: dict[int, Aggregator] = {}
         self.series_topic = settings.topic("series")
         self.studies_topic = settings.topic("studies")

@@ -12,17 +12,19 @@ it with a fake clock and the worker with ``time.time``. The rules:
   patient for ``patient_quiet_s``); series still open then close with ``STUDY_COMPLETE``;
 - an instance for a closed series re-opens it; it closes again after the quiet period and is
   re-emitted with ``revision + 1`` and ``LATE_DATA`` (its study likewise);
-- quiet periods are per called AE title (:class:`TimeoutPolicy`);
+- quiet periods come from the defaults, the called AE title, and the pipelines that route
+  the series (:class:`TimeoutPolicy`);
 - instances are ordered for reconstruction: position along the slice normal, then number.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from radstream import __version__
 from radstream.events.models import (
@@ -47,22 +49,79 @@ class Timeouts:
     max_age_s: float = 4 * 3600.0
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineTimeouts:
+    """A pipeline's quiet periods (None: not set) and the test of whether it routes a series."""
+
+    name: str
+    routes: Callable[[dict[str, Any]], bool]  # DICOM keyword -> value of the series' attributes
+    series_quiet_s: float | None = None
+    patient_quiet_s: float | None = None
+    max_age_s: float | None = None
+
+
 class TimeoutPolicy:
-    """Quiet periods per called AE title, falling back to the defaults."""
+    """Quiet periods: the defaults, per called AE title, and per pipeline routing the series.
+
+    A pipeline's values take precedence over the AE title's; where several pipelines route a
+    series, each value is the longest among them, so no pipeline gets the series early.
+    """
+
+    _CACHE_MAX = 10000
 
     def __init__(self, default: Timeouts, overrides: dict[str, Timeouts] | None = None,
-                 retain_closed_s: float = 24 * 3600.0) -> None:
+                 retain_closed_s: float = 24 * 3600.0, pipelines: Sequence[PipelineTimeouts] = ()) -> None:
         self.default = default
         self.overrides = {k.strip().upper(): v for k, v in (overrides or {}).items()}
         self.retain_closed_s = retain_closed_s
+        self.pipelines = list(pipelines)
+        self._by_series: dict[tuple[Any, ...], Timeouts] = {}
 
     def for_ae(self, called_ae_title: str | None) -> Timeouts:
         if called_ae_title:
             return self.overrides.get(called_ae_title.strip().upper(), self.default)
         return self.default
 
+    def for_series(self, s: SeriesState) -> Timeouts:
+        base = self.for_ae(s.called_ae_title)
+        if not self.pipelines:
+            return base
+        key = (s.called_ae_title, s.calling_ae_title, s.modality, s.body_part_examined, s.series_description,
+               s.series_number, s.station_name, s.slice_thickness, s.accession_number,
+               tuple(s.image_orientation_patient or ()))
+        hit = self._by_series.get(key)
+        if hit is None:
+            attrs = {k: v for k, v in (
+                ("CalledAETitle", s.called_ae_title), ("CallingAETitle", s.calling_ae_title),
+                ("Modality", s.modality), ("BodyPartExamined", s.body_part_examined),
+                ("SeriesDescription", s.series_description), ("SeriesNumber", s.series_number),
+                ("StationName", s.station_name), ("SliceThickness", s.slice_thickness),
+                ("ImageOrientationPatient", s.image_orientation_patient),
+                ("AccessionNumber", s.accession_number), ("StudyInstanceUID", s.study_uid),
+                ("SeriesInstanceUID", s.series_uid)) if v is not None}
+            matched = [p for p in self.pipelines if p.routes(attrs)]
+            hit = base if not matched else Timeouts(
+                max(p.series_quiet_s or base.series_quiet_s for p in matched),
+                # a pipeline that sets only the series' quiet period must not see its study close first
+                max(p.patient_quiet_s or max(base.patient_quiet_s, p.series_quiet_s or 0.0) for p in matched),
+                max(p.max_age_s or base.max_age_s for p in matched))
+            if len(self._by_series) >= self._CACHE_MAX:
+                self._by_series.clear()
+            self._by_series[key] = hit
+        return hit
+
+    def for_study(self, p: PatientState, st: StudyState) -> Timeouts:
+        """The study's patient-level quiet period and maximum age: the longest of its series'."""
+        base = self.for_ae(st.called_ae_title)
+        if not self.pipelines or not st.series_keys:
+            return base
+        each = [self.for_series(p.series[sk]) for sk in st.series_keys if sk in p.series]
+        if not each:
+            return base
+        return Timeouts(base.series_quiet_s, max(t.patient_quiet_s for t in each), max(t.max_age_s for t in each))
+
     @classmethod
-    def from_settings(cls, s: AggregatorSettings) -> TimeoutPolicy:
+    def from_settings(cls, s: AggregatorSettings, pipelines: Sequence[PipelineTimeouts] = ()) -> TimeoutPolicy:
         default = Timeouts(s.series_quiet_s, s.patient_quiet_s, s.max_age_s)
         overrides = {
             ae: Timeouts(
@@ -72,7 +131,7 @@ class TimeoutPolicy:
             )
             for ae, o in s.overrides.items()
         }
-        return cls(default, overrides, s.retain_closed_s)
+        return cls(default, overrides, s.retain_closed_s, pipelines)
 
 
 def position_along_normal(ipp: list[float] | None, iop: list[float] | None) -> float | None:
@@ -235,11 +294,11 @@ class Aggregator:
         times: list[float] = []
         for s in p.series.values():
             if s.open:
-                t = self.policy.for_ae(s.called_ae_title)
+                t = self.policy.for_series(s)
                 times.append(min(s.last_seen + t.series_quiet_s, s.opened_at + t.max_age_s))
         for st in p.studies.values():
             if st.open:
-                t = self.policy.for_ae(st.called_ae_title)
+                t = self.policy.for_study(p, st)
                 times.append(min(p.last_seen + t.patient_quiet_s, st.opened_at + t.max_age_s))
         if not times:
             return p.last_seen + self.policy.retain_closed_s
@@ -257,7 +316,7 @@ class Aggregator:
         for s in p.series.values():
             if not s.open:
                 continue
-            t = self.policy.for_ae(s.called_ae_title)
+            t = self.policy.for_series(s)
             if now >= s.last_seen + t.series_quiet_s:
                 out.append(self._close_series(p, s, now, CompletionReason.QUIET_PERIOD))
             elif now >= s.opened_at + t.max_age_s:
@@ -265,7 +324,7 @@ class Aggregator:
         for st in p.studies.values():
             if not st.open:
                 continue
-            t = self.policy.for_ae(st.called_ae_title)
+            t = self.policy.for_study(p, st)
             if now >= p.last_seen + t.patient_quiet_s:
                 reason = CompletionReason.QUIET_PERIOD
             elif now >= st.opened_at + t.max_age_s:

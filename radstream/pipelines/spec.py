@@ -27,6 +27,9 @@ any other key is kept (``extra="allow"``) so the format can grow::
       - {name: flair, series_description: [flair]}
       - {name: t1c, series_description: ["t1.*(post|gd|\\+c)"]}
     trigger: SERIES_COMPLETE        # SERIES_COMPLETE | STUDY_COMPLETE | RULE, or a list of them
+    completion:                     # the aggregator's quiet periods for series this pipeline routes
+      series_quiet_s: 120           #   (optional; over the called AE title's; longest wins if
+      patient_quiet_s: 300          #   several pipelines route one series)
     model: {name: brain_lesion_ref, version: "1"}
     operators: [...]
 
@@ -172,6 +175,21 @@ class ModelRef(BaseModel):
     version: str = ""
 
 
+class Completion(BaseModel):
+    """This pipeline's quiet periods for the series it routes (the aggregator's part).
+
+    They take precedence over the defaults and the called AE title's; where several
+    pipelines route one series, the longest of each applies, so no pipeline sees it early.
+    Without ``patient_quiet_s``, the study waits at least ``series_quiet_s``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    series_quiet_s: float | None = Field(None, gt=0, description="the series closes after this long without instances")
+    patient_quiet_s: float | None = Field(None, gt=0, description="the patient's studies close after this long")
+    max_age_s: float | None = Field(None, gt=0, description="force-complete a series or study open this long")
+
+
 class PipelineSpec(BaseModel):
     """A pipeline file as the dispatcher reads it; other sections pass through untouched."""
 
@@ -189,6 +207,7 @@ class PipelineSpec(BaseModel):
         default_factory=lambda: [Trigger.SERIES_COMPLETE])
     model: ModelRef
     operators: list[dict[str, Any]] = Field(default_factory=list, description="read by the inference worker")
+    completion: Completion | None = Field(None, description="quiet periods of the series this pipeline routes")
 
     @field_validator("trigger")
     @classmethod

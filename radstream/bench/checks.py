@@ -3,7 +3,6 @@ completed study has exactly one result (or failure) per matching pipeline; no du
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -40,44 +39,19 @@ class FaultCount:
 
 def instances_on_topic(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     """SOP Instance UID -> store URI of every InstanceReceived on the instances topic (read to its end)."""
-    from confluent_kafka import Consumer, TopicPartition
-
     from radstream.events.codec import codec_for
     from radstream.events.models import InstanceReceived
+    from radstream.kafka.read_to_end import read_to_end
 
     codec = codec_for(settings)
-    topic = settings.topic("instances")
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                         "group.id": f"fault-check-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
     out: dict[str, str] = {}
-    try:
-        ends: dict[int, int] = {}
-        assign = []
-        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-                assign.append(TopicPartition(topic, p, low))
-        if not assign:
-            return out
-        consumer.assign(assign)
-        import time
-
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
-            value = msg.value()
-            if value is None:
-                continue
-            e = codec.decode(value)
-            if isinstance(e, InstanceReceived):
-                out[e.sop_instance_uid] = e.store_uri
-    finally:
-        consumer.close()
+    for msg in read_to_end(settings, [settings.topic("instances")], timeout=timeout, client_id="fault-check"):
+        value = msg.value()
+        if value is None:
+            continue
+        e = codec.decode(value)
+        if isinstance(e, InstanceReceived):
+            out[e.sop_instance_uid] = e.store_uri
     return out
 
 

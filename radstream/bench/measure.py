@@ -165,52 +165,27 @@ class Completion:
 
 def fetch_completions(settings: Settings, timeout: float = 20.0) -> list[Completion]:
     """Every SeriesCompleted and StudyCompleted event so far, read by an independent consumer."""
-    from confluent_kafka import Consumer, TopicPartition
-
     from radstream.events.codec import codec_for
     from radstream.events.models import SeriesCompleted, StudyCompleted
+    from radstream.kafka.read_to_end import read_to_end
 
     codec = codec_for(settings)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                         "group.id": f"bench-read-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest"})
     out: list[Completion] = []
-    try:
-        ends: dict[tuple[str, int], int] = {}
-        assign = []
-        for topic in (settings.topic("series"), settings.topic("studies")):
-            md = consumer.list_topics(topic, timeout=10).topics[topic]
-            for p in md.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                if high > low:
-                    ends[(topic, p)] = high
-                    assign.append(TopicPartition(topic, p, low))
-        if not assign:
-            return out
-        consumer.assign(assign)
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            key = (msg.topic(), msg.partition())
-            if msg.offset() + 1 >= ends.get(key, 0):
-                ends.pop(key, None)
-            value = msg.value()
-            if value is None:
-                continue
-            try:
-                e = codec.decode(value)
-            except Exception:
-                continue
-            if isinstance(e, SeriesCompleted):
-                out.append(Completion("series", e.series_instance_uid, e.revision,
-                                      (e.occurred_at - e.last_received_at).total_seconds(), e.calling_ae_title))
-            elif isinstance(e, StudyCompleted):
-                out.append(Completion("study", e.study_instance_uid, e.revision,
-                                      (e.occurred_at - e.last_received_at).total_seconds(), e.calling_ae_title))
-    finally:
-        consumer.close()
+    for msg in read_to_end(settings, [settings.topic("series"), settings.topic("studies")], timeout=timeout,
+                           client_id="bench-read"):
+        value = msg.value()
+        if value is None:
+            continue
+        try:
+            e = codec.decode(value)
+        except Exception:
+            continue
+        if isinstance(e, SeriesCompleted):
+            out.append(Completion("series", e.series_instance_uid, e.revision,
+                                  (e.occurred_at - e.last_received_at).total_seconds(), e.calling_ae_title))
+        elif isinstance(e, StudyCompleted):
+            out.append(Completion("study", e.study_instance_uid, e.revision,
+                                  (e.occurred_at - e.last_received_at).total_seconds(), e.calling_ae_title))
     return out
 
 

@@ -7,14 +7,14 @@ import json
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 
 from radstream.events.models import EVENT_TYPES
 from radstream.events.schemas import current_schemas
 from radstream.kafka.config import base_config
+from radstream.kafka.read_to_end import ReadTimeout, read_to_end
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,35 +75,13 @@ class KafkaSchemaLookup:
 
     def _refresh(self, timeout: float) -> None:
         topic = self.settings.topic("schemas")
-        consumer = Consumer({
-            **base_config(self.settings, "radstream-schema-lookup"),
-            "group.id": f"radstream-schema-lookup-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        })
         try:
-            md = consumer.list_topics(topic, timeout=timeout)
-            if topic not in md.topics or md.topics[topic].error is not None:
-                return
-            parts = []
-            for p in md.topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-                if high > low:
-                    parts.append((p, low, high))
-            consumer.assign([TopicPartition(topic, p, low) for p, low, _ in parts])
-            remaining = {p: high for p, _, high in parts}
-            while remaining:
-                msg = consumer.poll(timeout)
-                if msg is None:
-                    break
-                if msg.error():
-                    continue
+            for msg in read_to_end(self.settings, [topic], timeout=timeout, client_id="radstream-schema-lookup"):
                 key, value = msg.key(), msg.value()
                 if isinstance(key, bytes) and value:
                     try:
                         self._known[key] = json.loads(value)
                     except ValueError:
                         log.warning("ignoring unreadable entry in %s", topic)
-                if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                    remaining.pop(msg.partition(), None)
-        finally:
-            consumer.close()
+        except ReadTimeout as exc:
+            log.warning("schemas topic not read to its end: %s", exc)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from radstream.events.codec import codec_for
 from radstream.events.models import Event, InstanceReceived
+from radstream.kafka.read_to_end import read_to_end
 from radstream.settings import Settings
 
 
@@ -53,32 +53,7 @@ class Sender:
 def read_all(settings: Settings, topic: str, timeout: float = 10.0) -> list[tuple[Any, Event]]:
     """Every committed message of a topic, decoded, as (message, event)."""
     codec = codec_for(settings)
-    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": f"read-{uuid.uuid4()}",
-                  "enable.auto.commit": False, "isolation.level": "read_committed",
-                  "enable.partition.eof": True})
-    try:
-        md = c.list_topics(topic, timeout=timeout)
-        parts = list(md.topics[topic].partitions)
-        todo = set()
-        for p in parts:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                todo.add(p)
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        out: list[tuple[Any, Event]] = []
-        while todo:
-            msgs = c.consume(500, timeout)
-            if not msgs:
-                break
-            for m in msgs:
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        todo.discard(m.partition())
-                    continue
-                out.append((m, codec.decode(m.value())))
-        return out
-    finally:
-        c.close()
+    return [(m, codec.decode(m.value())) for m in read_to_end(settings, [topic], timeout=timeout)]
 
 
 def worker_env(settings: Settings, **aggregator: float | str) -> dict[str, str]:

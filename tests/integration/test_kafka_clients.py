@@ -15,6 +15,7 @@ from radstream.events.serde import MAGIC, SingleObjectCodec
 from radstream.kafka.consumer import EventConsumer, Received
 from radstream.kafka.deadletter import DeadLetters
 from radstream.kafka.producer import EventProducer
+from radstream.kafka.read_to_end import read_to_end
 from radstream.kafka.topics import create_topics, describe_topics, topic_specs
 from radstream.settings import Settings
 from tests.avro_samples import all_sample_events, sample_event
@@ -148,3 +149,24 @@ def test_schemas_topic_holds_every_event_schema(kafka_settings: Settings) -> Non
     finally:
         c.close()
     assert {sv for sv in SingleObjectCodec().current_schemas()} <= keys
+
+
+def test_read_to_end_stops_at_todays_end_past_transaction_markers(kafka_settings: Settings) -> None:
+    s = kafka_settings
+    topic = s.topic("series")
+    tx = Producer({"bootstrap.servers": s.kafka.bootstrap_servers, "transactional.id": f"t-{s.kafka.topic_prefix}"})
+    tx.init_transactions(30)
+    tx.begin_transaction()
+    for i in range(5):
+        tx.produce(topic, key=f"k{i}", value=f"committed-{i}".encode(), partition=i % 2)
+    tx.commit_transaction(30)
+    tx.begin_transaction()
+    tx.produce(topic, key="x", value=b"aborted", partition=0)
+    tx.abort_transaction(30)
+    tx.begin_transaction()  # left open: read_committed stops before it, at the last stable offset
+    tx.produce(topic, key="y", value=b"open", partition=1)
+    tx.flush(10)
+
+    got = sorted(m.value() for m in read_to_end(s, [topic, s.topic("no-such-topic")], timeout=10))
+    assert got == [f"committed-{i}".encode() for i in range(5)]
+    tx.abort_transaction(30)

@@ -7,16 +7,27 @@ by a failure of the same id, and measurements/detections always follow the winni
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from json.encoder import encode_basestring_ascii as _encode_string
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from radstream.db.new_keys import CONFLICT_ERRORS, existing_keys
 from radstream.db.staging import copy_rows, ensure_stages
-from radstream.events.models import Event, InferenceCompleted, InferenceFailed, InferenceRequested
+from radstream.events.models import (
+    Detection,
+    Event,
+    InferenceCompleted,
+    InferenceFailed,
+    InferenceRequested,
+    Measurement,
+)
 
 RESULT_EVENTS: tuple[type[Event], ...] = (InferenceRequested, InferenceCompleted, InferenceFailed)
 
@@ -55,6 +66,7 @@ MEASUREMENT_COLS = ("result_id", "name", "label", "value", "unit", "event_id")
 DETECTION_COLS = ("result_id", "idx", "label", "finding", "score", "box", "sop_instance_uid", "event_id")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_study_date(value: str | None) -> date | None:
     """DICOM DA (YYYYMMDD, also the old YYYY.MM.DD) -> date; anything else -> None."""
     if not value:
@@ -75,6 +87,38 @@ def _as_is(text: str) -> str:
 def _jsonb(value: Any) -> Jsonb:
     """JSON serialised now (while the rows are built), not by the COPY on the writer's critical path."""
     return Jsonb(json.dumps(value), dumps=_as_is)
+
+
+def _jsonb_text(text: str) -> Jsonb:
+    return Jsonb(text, dumps=_as_is)
+
+
+def _number(value: float) -> str:
+    """A JSON number as json.dumps writes it (NaN/Infinity too, which PostgreSQL then refuses)."""
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value)
+
+
+def _string(value: str | None) -> str:
+    return "null" if value is None else _encode_string(value)
+
+
+def outputs_json(measurements: list[Measurement], detections: list[Detection]) -> str:
+    """``{"measurements": [...], "detections": [...]}`` as the events' Avro records, without building dicts."""
+    ms = ", ".join([
+        f'{{"name": {_encode_string(m.name)}, "label": {_encode_string(m.label)}, "value": {_number(m.value)}, '
+        f'"unit": {_encode_string(m.unit)}}}'
+        for m in measurements])
+    ds = ", ".join([
+        f'{{"label": {_encode_string(d.label)}, "finding": {_encode_string(d.finding)}, "score": {_number(d.score)}, '
+        f'"box": [{", ".join([_number(v) for v in d.box])}], "sop_instance_uid": {_string(d.sop_instance_uid)}}}'
+        for d in detections])
+    return f'{{"measurements": [{ms}], "detections": [{ds}]}}'
+
+
+def timings_json(timings: dict[str, float]) -> str:
+    return "{" + ", ".join([f"{_encode_string(k)}: {_number(v)}" for k, v in timings.items()]) + "}"
 
 
 _EMPTY_JSONB = _jsonb({})
@@ -142,29 +186,31 @@ class ResultRows:
     def _result(self, e: InferenceCompleted | InferenceFailed) -> None:
         rid = _require(e.result_id, "result_id")
         if isinstance(e, InferenceCompleted):
+            event_id = e.event_id
+            pk = _require(e.patient_key, "patient_key")
+            study = _require(e.study_instance_uid, "study_instance_uid")
+            measurements = [(rid, m.name, m.label, m.value, m.unit, event_id) for m in e.measurements]
+            if len({(m[1], m[2]) for m in measurements}) != len(measurements):
+                seen: set[tuple[str, str]] = set()
+                for m in measurements:
+                    if (m[1], m[2]) in seen:
+                        raise ValueError(f"measurement {m[1]}/{m[2]} given twice")
+                    seen.add((m[1], m[2]))
             sd = parse_study_date(e.study_date)
-            self._patient_study(e, None, sd)
-            for uid in e.series_instance_uids:
-                self.series.append((uid, e.study_instance_uid, None, None, None, None))
-            outputs = {
-                "measurements": [m.to_avro() for m in e.measurements],
-                "detections": [d.to_avro() for d in e.detections],
-            }
+            last = e.last_received_at
+            self.patients.append((pk, last, last))
+            self.studies.append((study, pk, e.accession_number, sd, None, last))
+            self.series.extend([(uid, study, None, None, None, None) for uid in e.series_instance_uids])
             self.results.append((
-                rid, e.event_id, e.request_id, e.producer, e.patient_key, e.study_instance_uid, e.accession_number,
+                rid, event_id, e.request_id, e.producer, pk, study, e.accession_number,
                 e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow, e.replay_id, "completed",
-                None, None, None, None, list(e.series_instance_uids), _jsonb(outputs), e.seg_uri, e.sr_uri,
-                e.blinding_hash, _jsonb(e.timings_ms), sd, e.started_at, e.occurred_at, e.last_received_at,
+                None, None, None, None, list(e.series_instance_uids),
+                _jsonb_text(outputs_json(e.measurements, e.detections)), e.seg_uri, e.sr_uri,
+                e.blinding_hash, _jsonb_text(timings_json(e.timings_ms)), sd, e.started_at, e.occurred_at, last,
             ))
-            seen: set[tuple[str, str]] = set()
-            for m in e.measurements:
-                if (m.name, m.label) in seen:
-                    raise ValueError(f"measurement {m.name}/{m.label} given twice")
-                seen.add((m.name, m.label))
-                self.measurements.append((rid, m.name, m.label, m.value, m.unit, e.event_id))
-            for i, d in enumerate(e.detections):
-                self.detections.append((rid, i, d.label, d.finding, d.score, list(d.box), d.sop_instance_uid,
-                                        e.event_id))
+            self.measurements.extend(measurements)
+            self.detections.extend([(rid, i, d.label, d.finding, d.score, list(d.box), d.sop_instance_uid, event_id)
+                                    for i, d in enumerate(e.detections)])
         else:
             self._patient_study(e, None, None)
             self.results.append((
@@ -264,22 +310,189 @@ _MERGE_ALL = ";\n".join(MERGE_SQL).encode("utf-8")
 _MERGE_ALL_AND_SOURCES = ";\n".join((*MERGE_SQL, MERGE_SOURCE_INSTANCES)).encode("utf-8")
 
 
-def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
-    """Merge one batch in one transaction (``conn`` in autocommit mode)."""
+# -- the direct path: new keys COPYed straight into their tables -------------------------------
+
+_R_STATUS = RESULT_COLS.index("status")
+_R_FINISHED = RESULT_COLS.index("finished_at")
+_R_EVENT = RESULT_COLS.index("event_id")
+_R_HASH = RESULT_COLS.index("blinding_hash")
+_R_MODEL = RESULT_COLS.index("model_name")
+_R_MODEL_VERSION = RESULT_COLS.index("model_version")
+_R_SEG = RESULT_COLS.index("seg_uri")
+_S_RECEIVED = SOURCE_INSTANCE_COLS.index("received_at")
+_STORED_MEASUREMENT_COLS = MEASUREMENT_COLS[:-1]  # without the staging-only event_id
+_STORED_DETECTION_COLS = DETECTION_COLS[:-1]
+
+_BLINDING_SQL = b"""INSERT INTO blinding_map (blinding_hash, source, result_id, seg_uri)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
+    ON CONFLICT (blinding_hash) DO NOTHING"""
+
+_MERGES: dict[tuple[bool, ...], bytes] = {}
+
+
+def _merge_sql(patients: bool, studies: bool, series: bool, requests: bool, results: bool,
+               sources: bool) -> bytes:
+    """The merge statements for the staging tables that hold rows, as one simple query."""
+    key = (patients, studies, series, requests, results, sources)
+    hit = _MERGES.get(key)
+    if hit is None:
+        chosen = [stmt for on, stmt in zip((patients, studies, series, requests), MERGE_SQL[:4], strict=True) if on]
+        if results:
+            chosen.extend(MERGE_SQL[4:])
+        if sources:
+            chosen.append(MERGE_SOURCE_INSTANCES)
+        hit = ";\n".join(chosen).encode("utf-8")
+        _MERGES[key] = hit
+    return hit
+
+
+def _least(a: Any, b: Any) -> Any:
+    """SQL min(): NULLs ignored."""
+    return b if a is None else a if b is None or a <= b else b
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    """SQL max(): NULLs ignored."""
+    return b if a is None else a if b is None or a >= b else b
+
+
+def _one_per_key(rows: ResultRows) -> tuple[dict[str, tuple[Any, ...]], ...]:
+    """Each table's rows reduced to one per key, as the merge statements reduce them."""
+    patients: dict[str, tuple[Any, ...]] = {}
+    for row in rows.patients:
+        had = patients.get(row[0])
+        patients[row[0]] = row if had is None else (
+            row[0], _least(had[1], row[1]), _greatest(had[2], row[2]))
+    studies: dict[str, tuple[Any, ...]] = {}
+    for row in rows.studies:
+        had = studies.get(row[0])
+        studies[row[0]] = row if had is None else (
+            row[0], _least(had[1], row[1]), _greatest(had[2], row[2]), _greatest(had[3], row[3]),
+            _least(had[4], row[4]), _greatest(had[5], row[5]))
+    series: dict[str, tuple[Any, ...]] = {}
+    for row in rows.series:  # highest revision, NULLs last
+        had = series.get(row[0])
+        if had is None or (row[2] is not None and (had[2] is None or row[2] > had[2])):
+            series[row[0]] = row
+    requests: dict[str, tuple[Any, ...]] = {}
+    for row in rows.requests:
+        requests.setdefault(row[0], row)
+    results: dict[str, tuple[Any, ...]] = {}
+    for row in rows.results:  # a completed result over a failed one, then the latest
+        had = results.get(row[0])
+        if had is None or ((row[_R_STATUS] == "completed", row[_R_FINISHED])
+                           > (had[_R_STATUS] == "completed", had[_R_FINISHED])):
+            results[row[0]] = row
+    sources: dict[str, tuple[Any, ...]] = {}
+    for row in rows.source_instances:  # latest received (ORDER BY received_at DESC: NULLs first)
+        had = sources.get(row[0])
+        if had is None or (had[_S_RECEIVED] is not None and (
+                row[_S_RECEIVED] is None or row[_S_RECEIVED] > had[_S_RECEIVED])):
+            sources[row[0]] = row
+    return patients, studies, series, requests, results, sources
+
+
+def _new(rows: dict[str, tuple[Any, ...]], stored: set[str]) -> list[tuple[Any, ...]]:
+    """The rows whose key is not stored yet, in key order (concurrent writers lock keys in one order)."""
+    return [rows[k] for k in sorted(rows.keys() - stored)]
+
+
+def _copy(cur: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        copy_rows(cur, table, columns, rows)
+
+
+def write_split(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
+    """COPY the rows with new keys into their tables, merge those whose keys exist (one transaction)."""
+    patients, studies, series, requests, results, sources = _one_per_key(rows)
+    stored = existing_keys(cur, {
+        "patients": ("patient_key", patients), "studies": ("study_instance_uid", studies),
+        "series": ("series_instance_uid", series), "requests": ("request_id", requests),
+        "results": ("result_id", results), "source_instances": ("sop_instance_uid", sources),
+    })
+    # new rows, parents before children (the foreign keys)
+    _copy(cur, "patients", PATIENT_COLS, _new(patients, stored["patients"]))
+    _copy(cur, "studies", STUDY_COLS, _new(studies, stored["studies"]))
+    _copy(cur, "series", SERIES_COLS, _new(series, stored["series"]))
+    _copy(cur, "requests", REQUEST_COLS, _new(requests, stored["requests"]))
+    new_results = _new(results, stored["results"])
+    _copy(cur, "results", RESULT_COLS, new_results)
+    if new_results:
+        winners = {r[0]: r[_R_EVENT] for r in new_results}
+        measurements = {(m[0], m[1], m[2]): m[:5] for m in rows.measurements if winners.get(m[0]) == m[5]}
+        _copy(cur, "measurements", _STORED_MEASUREMENT_COLS, [measurements[k] for k in sorted(measurements)])
+        detections = {(d[0], d[1]): d[:7] for d in rows.detections if winners.get(d[0]) == d[7]}
+        _copy(cur, "detections", _STORED_DETECTION_COLS, [detections[k] for k in sorted(detections)])
+        blinding = {r[_R_HASH]: (r[_R_HASH], f"model:{r[_R_MODEL]}/{r[_R_MODEL_VERSION]}", r[0], r[_R_SEG])
+                    for r in new_results if r[_R_HASH] is not None}
+        if blinding:
+            cur.execute(_BLINDING_SQL, [list(col) for col in zip(*(blinding[k] for k in sorted(blinding)),
+                                                                 strict=True)])
+    _copy(cur, "source_instances", SOURCE_INSTANCE_COLS, _new(sources, stored["source_instances"]))
+
+    # rows whose keys exist: staged as they came, merged as before
+    old_p, old_st, old_se = stored["patients"], stored["studies"], stored["series"]
+    old_q, old_r, old_s = stored["requests"], stored["results"], stored["source_instances"]
+    if not (old_p or old_st or old_se or old_q or old_r or old_s):
+        return
+    if old_p:
+        _copy(cur, "s_patients", PATIENT_COLS, [r for r in rows.patients if r[0] in old_p])
+    if old_st:
+        _copy(cur, "s_studies", STUDY_COLS, [r for r in rows.studies if r[0] in old_st])
+    if old_se:
+        _copy(cur, "s_series", SERIES_COLS, [r for r in rows.series if r[0] in old_se])
+    if old_q:
+        _copy(cur, "s_requests", REQUEST_COLS, [r for r in rows.requests if r[0] in old_q])
+    if old_r:
+        _copy(cur, "s_results", RESULT_COLS, [r for r in rows.results if r[0] in old_r])
+        _copy(cur, "s_measurements", MEASUREMENT_COLS, [r for r in rows.measurements if r[0] in old_r])
+        _copy(cur, "s_detections", DETECTION_COLS, [r for r in rows.detections if r[0] in old_r])
+    if old_s:
+        _copy(cur, "s_source_instances", SOURCE_INSTANCE_COLS,
+                  [r for r in rows.source_instances if r[0] in old_s])
+    cur.execute(_merge_sql(bool(old_p), bool(old_st), bool(old_se), bool(old_q), bool(old_r), bool(old_s)))
+
+
+def _stage_and_merge(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
+    """COPY ``rows`` into the staging tables and merge them (any key may exist already)."""
+    copy_rows(cur, "s_patients", PATIENT_COLS, rows.patients)
+    copy_rows(cur, "s_studies", STUDY_COLS, rows.studies)
+    if rows.series:
+        copy_rows(cur, "s_series", SERIES_COLS, rows.series)
+    if rows.requests:
+        copy_rows(cur, "s_requests", REQUEST_COLS, rows.requests)
+    if rows.source_instances:
+        copy_rows(cur, "s_source_instances", SOURCE_INSTANCE_COLS, rows.source_instances)
+    if rows.results:
+        copy_rows(cur, "s_results", RESULT_COLS, rows.results)
+    if rows.measurements:
+        copy_rows(cur, "s_measurements", MEASUREMENT_COLS, rows.measurements)
+    if rows.detections:
+        copy_rows(cur, "s_detections", DETECTION_COLS, rows.detections)
+    cur.execute(_MERGE_ALL_AND_SOURCES if rows.source_instances else _MERGE_ALL)
+
+
+def merge_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
+    """The general path: every row staged and merged with ON CONFLICT, in one transaction."""
     ensure_stages(conn, STAGES)
     with conn.transaction(), conn.cursor() as cur:
-        copy_rows(cur, "s_patients", PATIENT_COLS, rows.patients)
-        copy_rows(cur, "s_studies", STUDY_COLS, rows.studies)
-        if rows.series:
-            copy_rows(cur, "s_series", SERIES_COLS, rows.series)
-        if rows.requests:
-            copy_rows(cur, "s_requests", REQUEST_COLS, rows.requests)
-        if rows.source_instances:
-            copy_rows(cur, "s_source_instances", SOURCE_INSTANCE_COLS, rows.source_instances)
-        if rows.results:
-            copy_rows(cur, "s_results", RESULT_COLS, rows.results)
-        if rows.measurements:
-            copy_rows(cur, "s_measurements", MEASUREMENT_COLS, rows.measurements)
-        if rows.detections:
-            copy_rows(cur, "s_detections", DETECTION_COLS, rows.detections)
-        cur.execute(_MERGE_ALL_AND_SOURCES if rows.source_instances else _MERGE_ALL)
+        _stage_and_merge(cur, rows)
+
+
+def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> str:
+    """Write one batch in one transaction (``conn`` in autocommit mode), idempotently.
+
+    Rows whose keys are new (the common case) are COPYed straight into their tables; rows
+    whose keys exist are merged through the staging tables. If another writer stores one of
+    the "new" keys meanwhile, the COPY fails, the transaction rolls back, and the whole
+    batch is merged instead: the outcome is the same either way. Returns which way it went
+    (``"split"`` or ``"merged"``).
+    """
+    ensure_stages(conn, STAGES)
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            write_split(cur, rows)
+        return "split"
+    except CONFLICT_ERRORS:
+        merge_result_rows(conn, rows)
+        return "merged"

@@ -22,11 +22,22 @@ class OutboxRecord:
     event_type: str
 
 
+@dataclass(slots=True)
+class _Pending:
+    row: tuple[str, bytes | None, bytes, str]
+    seq: int = 0
+    done: bool = False
+    error: Exception | None = None
+
+
 class Outbox:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self._group = threading.Condition(threading.Lock())
+        self._queued: list[_Pending] = []
+        self._committing = False
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -42,14 +53,52 @@ class Outbox:
         return self._depth
 
     def append(self, topic: str, key: bytes | None, value: bytes, event_type: str) -> int:
-        """Append one record durably (fsynced before return); returns its sequence number."""
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO outbox (topic, key, value, event_type) VALUES (?, ?, ?, ?)",
-                (topic, key, value, event_type),
-            )
-            self._depth += 1
-            return int(cur.lastrowid or 0)
+        """Append one record durably (fsynced before return); returns its sequence number.
+
+        Concurrent callers share commits (group commit): the first caller to find no commit in
+        progress becomes the leader and writes every record queued so far in one transaction
+        (one fsync); the others wait for the commit that holds their record.
+        """
+        pending = _Pending((topic, key, value, event_type))
+        with self._group:
+            self._queued.append(pending)
+            while not pending.done:
+                if self._committing:
+                    self._group.wait()
+                    continue
+                self._committing = True
+                batch, self._queued = self._queued, []
+                self._group.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._group.acquire()
+                    self._committing = False
+                    self._group.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        return pending.seq
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for p in batch:
+                        cur = self._db.execute(
+                            "INSERT INTO outbox (topic, key, value, event_type) VALUES (?, ?, ?, ?)", p.row
+                        )
+                        p.seq = int(cur.lastrowid or 0)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._depth += len(batch)
+        except Exception as exc:
+            for p in batch:
+                p.error = exc
+        for p in batch:
+            p.done = True
 
     def peek(self, limit: int) -> list[OutboxRecord]:
         with self._lock:
@@ -59,12 +108,19 @@ class Outbox:
         return [OutboxRecord(int(r[0]), str(r[1]), r[2], bytes(r[3]), str(r[4])) for r in rows]
 
     def delete(self, seqs: list[int]) -> None:
+        """Delete records Kafka acknowledged. Not fsynced on its own: a delete lost to a machine
+        crash only sends that record again (the same event id), and the next append's fsync
+        makes it durable anyway (the WAL is written in order)."""
         if not seqs:
             return
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-            self._db.execute("COMMIT")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: commit without fsync
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+                self._db.execute("COMMIT")
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
             self._depth = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     def close(self) -> None:

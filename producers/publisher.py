@@ -5,6 +5,16 @@
 :class:`PublishFailed` otherwise. While the outbox holds a backlog, new events are
 appended behind it, so they reach Kafka in the order they were accepted; a drainer
 thread sends the backlog in order and deletes what Kafka acknowledged.
+
+Two modes (``ingest.publish_mode``):
+
+- ``outbox`` (default, write-ahead): every event is appended to the outbox (one SQLite
+  commit, fsynced; concurrent associations share commits) and the drainer sends it at
+  once. The caller waits for an fsync (~0.3 ms here) instead of a Kafka round trip
+  (~0.6 ms alone, 1.5-2.5 ms with the broker sharing the SCP's cores), and Kafka gets
+  batches instead of one request per instance.
+- ``kafka``: the caller waits for Kafka's ack; the outbox is used only when Kafka does
+  not acknowledge in time (or always, while a backlog exists). Forced when the outbox is off.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ class Publisher:
         self.outbox: Outbox | None = (
             Outbox(settings.home / "ingest" / "outbox.sqlite3") if settings.ingest.outbox else None
         )
+        self.write_ahead = self.outbox is not None and settings.ingest.publish_mode == "outbox"
         self._lock = threading.Lock()
         self._backlog = bool(self.outbox and self.outbox.depth)
         self._wake = threading.Event()
@@ -73,6 +84,12 @@ class Publisher:
             self._wake.set()
 
     def close(self, timeout: float = 10.0) -> None:
+        if self.outbox is not None and self._threads:
+            # give the drainer a moment to empty the outbox (what is left drains at the next start)
+            deadline = time.monotonic() + min(timeout, self.settings.ingest.close_drain_s)
+            while self.outbox.depth and time.monotonic() < deadline:
+                self._wake.set()
+                time.sleep(0.02)
         self._stop.set()
         self._wake.set()
         for t in self._threads:
@@ -105,6 +122,10 @@ class Publisher:
         self._wake.set()
 
     def _publish(self, topic: str, key: bytes, value: bytes, event_type: str) -> Route:
+        if self.write_ahead:
+            self._append(topic, key, value, event_type)  # ordered by the outbox's sequence
+            self._wake.set()
+            return Route.OUTBOX
         with self._lock:
             if self._backlog and self.outbox is not None:
                 self._append(topic, key, value, event_type)
@@ -165,8 +186,11 @@ class Publisher:
 
     def _drain_loop(self) -> None:
         backoff = 0.5
+        linger = self.settings.ingest.outbox_linger_ms / 1000
         while not self._stop.is_set():
             self._wake.wait(1.0)
+            if linger and self.write_ahead:
+                self._stop.wait(linger)  # gather a batch: fewer Kafka requests and outbox commits
             self._wake.clear()
             if self.outbox is None:
                 continue

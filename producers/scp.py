@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pynetdicom
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from radstream.producers import reactor
 from radstream.producers.header import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -142,14 +144,26 @@ class IngestServer:
         ]
         ae = self.build_ae()
         address = (self.settings.dicom.bind_address, self.settings.dicom.port)
-        self.server = ae.start_server(
-            address, block=False, evt_handlers=handlers, ssl_context=tls_context(self.settings)
-        )
+        self.server = self._serve(ae, address, handlers)
         threading.Thread(target=self._sweep_loop, name="ingest-sweep", daemon=True).start()
         log.info(
             "ingest SCP listening on %s:%d, AE titles %s, publishing %s",
             address[0], address[1], sorted(self.called_ae_titles), "on" if self.publisher else "OFF",
         )
+
+    def _serve(self, ae: AE, address: tuple[str, int], handlers: list[Any]) -> ThreadedAssociationServer:
+        """``AE.start_server(block=False)``, with the event-driven reactors where supported."""
+        kwargs: dict[str, Any] = {}
+        if self.settings.ingest.event_driven_reactor and reactor.supported():
+            kwargs["request_handler"] = reactor.RequestHandler
+        elif self.settings.ingest.event_driven_reactor:
+            log.warning("pynetdicom %s: using its polling reactors (the event-driven ones are for %s)",
+                        pynetdicom.__version__, reactor.PYNETDICOM_VERSION)
+        server = ae.make_server(address, evt_handlers=handlers, ssl_context=tls_context(self.settings),
+                                server_class=ThreadedAssociationServer, **kwargs)
+        ae._servers.append(server)  # as start_server does: AE.shutdown() stops it too
+        threading.Thread(target=server.serve_forever, name="ingest-acceptor", daemon=True).start()
+        return server
 
     def stop(self) -> None:
         self._sweeper.set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -96,7 +96,19 @@ class IngestSettings(BaseModel):
     publish: bool = Field(True, description="publish InstanceReceived; off only for benchmarks")
     publish_timeout_s: float = Field(5.0, gt=0, description="wait for Kafka's ack before using the outbox")
     outbox: bool = Field(True, description="queue events durably while Kafka is down (else refuse C-STORE)")
+    publish_mode: Literal["outbox", "kafka"] = Field(
+        "outbox",
+        description="outbox: success once the event is fsynced in the outbox, drained to Kafka in order at once; "
+        "kafka: success on Kafka's ack (the outbox only when Kafka does not ack); kafka when outbox is off",
+    )
+    close_drain_s: float = Field(5.0, ge=0, description="on shutdown, wait this long for the outbox to drain")
+    outbox_linger_ms: float = Field(
+        10.0, ge=0, description="publish_mode outbox: the drainer gathers events this long before sending a batch"
+    )
     linger_ms: float = Field(0.0, ge=0)
+    event_driven_reactor: bool = Field(
+        True, description="pynetdicom's association loops wait on events instead of 1 ms polling sleeps"
+    )
     max_pdu_size: int = Field(
         4 * 1024 * 1024, ge=0, description="largest PDU received; bounds memory per association (0 = unlimited)"
     )
@@ -200,7 +212,7 @@ class AggregatorSettings(BaseModel):
     overrides: dict[str, TimeoutOverride] = Field(
         default_factory=dict, description="per called AE title: quiet periods for that source"
     )
-    batch_size: int = Field(2000, ge=1, description="messages per consume-transform-produce transaction")
+    batch_size: int = Field(10000, ge=1, description="most messages per consume-transform-produce transaction")
 
 
 class DispatcherSettings(BaseModel):

@@ -15,6 +15,7 @@ from radstream.devenv.process import free_port
 from radstream.events.models import InstanceReceived
 from radstream.settings import IngestTlsSettings, Settings
 from tests.integration.ingest_support import consume, ingest_settings, running_ingest
+from tests.waiting import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.dicom]
 
@@ -27,6 +28,10 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return cert, key
+
+
+def _metrics(port: int) -> str:
+    return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
 
 
 def test_tls_store_and_metrics(kafka_settings: Settings, tmp_path: Path) -> None:
@@ -44,10 +49,13 @@ def test_tls_store_and_metrics(kafka_settings: Settings, tmp_path: Path) -> None
         assert plain.ok == 0
         events = [e for e in consume(s, s.topic("instances"), 3, timeout=30) if isinstance(e, InstanceReceived)]
         assert len({e.sop_instance_uid for e in events}) == 3
-        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        # write-ahead outbox (the default): each event was fsynced in the outbox, then drained
+        eventually(lambda: "radstream_ingest_outbox_depth 0.0" in _metrics(metrics_port), timeout=15,
+                   what="the outbox to drain")
+        text = _metrics(metrics_port)
     assert 'radstream_ingest_instances_total{called_ae="RADSTREAM"} 3.0' in text
     assert "radstream_ingest_bytes_total" in text
     assert "radstream_ingest_store_seconds_count 3.0" in text
-    assert 'radstream_ingest_publish_seconds_count{path="kafka"} 3.0' in text
+    assert 'radstream_ingest_publish_seconds_count{path="outbox"} 3.0' in text
     assert "radstream_ingest_outbox_depth 0.0" in text
     assert "SYN-0001" not in text  # no Patient ID in metrics

@@ -17,7 +17,7 @@ lint: bootstrap
 	.venv/bin/ruff check .
 
 typecheck: bootstrap
-	.venv/bin/mypy
+	./scripts/typecheck.sh
 
 down:
 	.venv/bin/radstream dev down

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 from pydicom.dataset import Dataset
 
@@ -27,7 +27,7 @@ class RetriableError(Exception):
 class Volume:
     """A 3-D series in patient space: array (slices, rows, columns) in modality units, sorted along the normal."""
 
-    array: np.ndarray
+    array: npt.NDArray[Any]
     spacing: tuple[float, float, float]  # (column x, row y, slice z) mm, SimpleITK order
     origin: tuple[float, float, float]
     direction: tuple[float, ...]  # 9 values, row-major, SimpleITK order
@@ -36,7 +36,7 @@ class Volume:
 
 @dataclass
 class Image2D:
-    array: np.ndarray  # rows x columns, modality units
+    array: npt.NDArray[Any]  # rows x columns, modality units
     dataset: Dataset
 
 
@@ -51,11 +51,11 @@ class Context:
     volume: Volume | None = None
     images: list[Image2D] = field(default_factory=list)
     # model input(s) in the model's geometry (one per image for 2-D pipelines)
-    model_inputs: list[np.ndarray] = field(default_factory=list)
+    model_inputs: list[npt.NDArray[Any]] = field(default_factory=list)
     # model outputs, same order
-    model_outputs: list[np.ndarray] = field(default_factory=list)
+    model_outputs: list[npt.NDArray[Any]] = field(default_factory=list)
     # label map in the source geometry (slices, rows, columns) for volume pipelines
-    labels: np.ndarray | None = None
+    labels: npt.NDArray[Any] | None = None
     resampled: Any = None  # SimpleITK reference image when the model grid differs from the source
     measurements: list[Measurement] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)

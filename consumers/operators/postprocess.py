@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params
 from radstream.consumers.operators.preprocess import labels_to_source
@@ -11,7 +14,7 @@ from scipy import ndimage
 from radstream.events.models import Detection, Measurement
 
 
-def source_labels(ctx: Context) -> np.ndarray:
+def source_labels(ctx: Context) -> npt.NDArray[Any]:
     """The label map on the source grid (slices, rows, columns), from the model output if not yet set."""
     if ctx.labels is None:
         if not ctx.model_outputs or ctx.volume is None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params, Volume
 
 
-def to_sitk(volume: Volume, array: np.ndarray | None = None) -> object:
+def to_sitk(volume: Volume, array: npt.NDArray[Any] | None = None) -> object:
     import SimpleITK as sitk
 
     img = sitk.GetImageFromArray(volume.array if array is None else array)
@@ -49,7 +52,7 @@ class Resample(Operator):
         ctx.model_inputs = [sitk.GetArrayFromImage(out).astype(np.float32)]
 
 
-def labels_to_source(ctx: Context, labels: np.ndarray) -> np.ndarray:
+def labels_to_source(ctx: Context, labels: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """A label map from the model grid back onto the source grid (nearest neighbour)."""
     if ctx.resampled is None:
         return labels

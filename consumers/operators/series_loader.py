@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from radstream.consumers.operators.base import Context, Image2D, Operator, OperatorError, Params, Volume
@@ -19,7 +20,7 @@ class LoadParams(Params):
     max_gap_tolerance: float = 0.05  # relative deviation of slice spacing allowed
 
 
-def _modality_values(ds: Dataset) -> np.ndarray:
+def _modality_values(ds: Dataset) -> npt.NDArray[Any]:
     arr = ds.pixel_array.astype(np.float32)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params, RetriableError
 
 from radstream.pipelines.operators_spec import InferencePipelineSpec
@@ -107,7 +108,7 @@ class TritonClient:
         return ModelMeta(md["name"], version or str(max(int(v) for v in versions)), tensors("inputs"),
                          tensors("outputs"))
 
-    def infer(self, meta: ModelMeta, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, meta: ModelMeta, arrays: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         if self.protocol == "grpc":
             import tritonclient.grpc as g
 

@@ -42,7 +42,7 @@ def with_model_version(spec: InferencePipelineSpec, version: str) -> InferencePi
     return spec.model_copy(update={"model": spec.model.model_copy(update={"version": version})})
 
 
-class OffPathWorker(InferenceWorker):  # type: ignore[misc]  # consumers/ is outside mypy's tree
+class OffPathWorker(InferenceWorker):
     """An :class:`InferenceWorker` on its own group and topic (never joins the live group)."""
 
     def __init__(self, settings: Settings, pipeline: str, *, group: str, topic: str, component: str,

@@ -10,6 +10,10 @@ Everything runs on loopback with free ports and temporary folders; Kafka is a pr
 broker started here. TCP_NODELAY=1 is set for dcmtk. Usage:
 
     .venv/bin/python load-tests/ingest_bench.py --mr 200 --ct 1000 --rss-gb 1.0
+
+--floor adds two bare pynetdicom SCPs that discard every data set (load-tests/bare_scp.py):
+what any pynetdicom SCP costs before it does any work, with pynetdicom's own polling loops
+and with radstream's event-driven ones.
 """
 
 from __future__ import annotations
@@ -121,6 +125,23 @@ def radstream_server(work: Path, bootstrap: str, publish: bool) -> Server:
     return start, port, "RADSTREAM"
 
 
+def bare_pynetdicom_server(work: Path, event_driven: bool) -> Server:
+    """The floor: a pynetdicom SCP that receives each data set to a file and discards it."""
+    port = free_port()
+    incoming = work / f"bare-{event_driven}"
+
+    @contextmanager
+    def start() -> Iterator[int]:
+        shutil.rmtree(incoming, ignore_errors=True)
+        incoming.mkdir(parents=True)
+        argv = [sys.executable, str(Path(__file__).parent / "bare_scp.py"), str(port), str(incoming),
+                *(["--event-driven"] if event_driven else [])]
+        with running(argv, port, work, f"bare-scp-{event_driven}") as pid:
+            yield pid
+
+    return start, port, "BARE"
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -135,6 +156,8 @@ def main() -> None:
     ap.add_argument("--rss-gb", type=float, default=1.0, help="GB of MR slices for the peak-RSS run (0 = skip)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--only", default="", help="comma-separated servers to run (default: all)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run bare pynetdicom SCPs that discard each data set (stock and event-driven loops)")
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ingest-bench-"))
@@ -156,6 +179,9 @@ def main() -> None:
             "dcmtk-storescp": dcmtk_server(work),
             "orthanc": orthanc_server(work),
         }
+        if args.floor:
+            servers["pynetdicom-discard"] = bare_pynetdicom_server(work, event_driven=False)
+            servers["pynetdicom-discard-event-driven"] = bare_pynetdicom_server(work, event_driven=True)
         if args.only:
             servers = {k: v for k, v in servers.items() if k in args.only.split(",")}
         results: dict[str, dict[str, float]] = {}
@@ -178,6 +204,15 @@ def main() -> None:
             dc, oc = r.get("dcmtk-storescp", nan), r.get("orthanc", nan)
             print(f"| {case} | {rs:.1f} | {nop:.1f} | {dc:.1f} | {oc:.1f} | {rs / dc:.2f} | {rs / oc:.2f} "
                   f"| {rs / nop:.2f} |")
+        if args.floor:
+            print("\n| case | pynetdicom discard (stock loops) | same, event-driven loops | dcmtk storescp "
+                  "| floor / dcmtk | floor / Orthanc |")
+            print("|---|---|---|---|---|---|")
+            for case, r in results.items():
+                nan = float("nan")
+                st, ev = r.get("pynetdicom-discard", nan), r.get("pynetdicom-discard-event-driven", nan)
+                dc, oc = r.get("dcmtk-storescp", nan), r.get("orthanc", nan)
+                print(f"| {case} | {st:.1f} | {ev:.1f} | {dc:.1f} | {ev / dc:.2f} | {ev / oc:.2f} |")
         if args.rss_gb > 0:
             n = int(args.rss_gb * 1e9 / 524_288)
             extra = max(0, n - len(data["MR 0.5MB"]))

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from radstream.events.models import DeadLetter, InstanceReceived
 from radstream.observability import Observability, kafka_ready
 from radstream.patient_key import patient_key
 from radstream.settings import Settings
-from radstream.store import ContentStore
+from radstream.store import ContentStore, hash_file
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class IngestServer:
         self.producer_name = f"{COMPONENT}/{__version__}"
         self.server: ThreadedAssociationServer | None = None
         self._sweeper = threading.Event()
+        self._io = ThreadPoolExecutor(max(2, settings.dicom.max_associations), thread_name_prefix="ingest-io")
         self.obs: Observability | None = None
 
     @property
@@ -172,6 +174,7 @@ class IngestServer:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        self._io.shutdown(wait=False)
         if self.publisher is not None:
             self.publisher.close()
 
@@ -250,10 +253,18 @@ class IngestServer:
                 raise Rejected(CANNOT_UNDERSTAND, "C-STORE request without a data set") from exc
             started = time.perf_counter()
             size = path.stat().st_size
+            # I/O off the GIL overlaps the Python work: hashing while the header is parsed, the
+            # store's link+fsync while the event is built. Nothing is stored before the header
+            # passed its checks, and nothing is published before the store's fsync returned.
+            hashing = self._io.submit(hash_file, path)
             header = read_header(path, str(req.AffectedSOPClassUID or ""), str(req.AffectedSOPInstanceUID or ""), size)
             pixel_offset = header.layout.pixel_data_offset
             try:
-                stored = self.store.add_file(path)
+                digest = hashing.result()
+                storing = self._io.submit(self.store.add_file, path, digest=digest)
+                sha, byte_size = digest
+                received = self._event(header, sha, byte_size, self.store.uri_for(sha), calling, called, peer)
+                stored = storing.result()
             except OSError as exc:
                 log.error("store write failed (%s); answering 0xA700", type(exc).__name__)
                 self.metrics.failures.labels(f"0x{OUT_OF_RESOURCES:04X}").inc()
@@ -261,7 +272,6 @@ class IngestServer:
             self.metrics.store_seconds.observe(time.perf_counter() - started)
             if stored.existed:
                 self.metrics.duplicates.inc()
-            received = self._event(header, stored.sha256, stored.byte_size, stored.uri, calling, called, peer)
             route = Route.OFF
             if self.publisher is not None:
                 try:

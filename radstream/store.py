@@ -86,14 +86,15 @@ class ContentStore:
     def uri_for(self, sha256: str) -> str:
         return self.path_for(sha256).as_uri()
 
-    def add_file(self, src: Path, *, move: bool = False) -> StoredObject:
+    def add_file(self, src: Path, *, move: bool = False, digest: tuple[str, int] | None = None) -> StoredObject:
         """Make ``src`` (a file under :attr:`incoming`) a durable object.
 
-        The file is hashed, hard-linked to its content address (atomically, via a temporary
-        name), fsynced, and the directory entry is fsynced too. Content already stored (and
-        still intact) is kept; the incoming file is removed with ``move``.
+        The file is hashed (unless ``digest``, its ``hash_file`` result, is given), hard-linked
+        to its content address (atomically, via a temporary name), fsynced, and the directory
+        entry is fsynced too. Content already stored (and still intact) is kept; the incoming
+        file is removed with ``move``.
         """
-        sha, size = hash_file(src)
+        sha, size = digest if digest is not None else hash_file(src)
         dest = self.path_for(sha)
         existed = dest.exists() and self._intact(dest, sha)
         if not existed:

@@ -28,7 +28,7 @@ def existing_keys(cur: psycopg.Cursor[Any], wanted: Mapping[str, tuple[str, Iter
         key_list = list(keys)
         if not key_list:
             continue
-        parts.append(sql.SQL("SELECT {}::int, {} FROM {} WHERE {} = ANY(%s)").format(
+        parts.append(sql.SQL("SELECT {}::int, {} FROM {} WHERE {} = ANY(%b)").format(
             sql.Literal(len(tables)), sql.Identifier(column), sql.Identifier(table), sql.Identifier(column)))
         params.append(key_list)
         tables.append(table)

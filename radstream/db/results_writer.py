@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from radstream.db.array_dumpers import use_flat_array_dumpers
 from radstream.db.new_keys import CONFLICT_ERRORS, existing_keys
 from radstream.db.staging import copy_rows, ensure_stages
 from radstream.events.models import (
@@ -475,6 +476,7 @@ def _stage_and_merge(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
 def merge_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
     """The general path: every row staged and merged with ON CONFLICT, in one transaction."""
     ensure_stages(conn, STAGES)
+    use_flat_array_dumpers(conn)
     with conn.transaction(), conn.cursor() as cur:
         _stage_and_merge(cur, rows)
 
@@ -489,6 +491,7 @@ def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> str:
     (``"split"`` or ``"merged"``).
     """
     ensure_stages(conn, STAGES)
+    use_flat_array_dumpers(conn)
     try:
         with conn.transaction(), conn.cursor() as cur:
             write_split(cur, rows)

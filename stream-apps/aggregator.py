@@ -12,11 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from radstream.stream_apps.grouping import AddOutcome, Aggregator, PipelineTimeouts, TimeoutPolicy
 from radstream.stream_apps.state_codec import StateRestorer, dirty_records, tombstones
 from radstream.stream_apps.txloop import Output, TxLoop
 
-from radstream.events.models import InstanceReceived, SeriesCompleted
+from radstream.events.models import InstanceReceived, SeriesCompleted, StudyCompleted
 from radstream.kafka.consumer import Received
 from radstream.observability import Observability, kafka_ready
 from radstream.pipelines.rules import SeriesFacts, routed
@@ -46,6 +47,20 @@ def pipeline_timeouts(settings: Settings) -> list[PipelineTimeouts]:
     return out
 
 
+class AggregatorMetrics:
+    """``radstream_aggregator_instances_total`` (outcome: new, duplicate, late),
+    ``radstream_aggregator_completed_total`` (kind: series, study; reason) and
+    ``radstream_aggregator_open`` (kind): what is waiting for its quiet period now."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.instances = Counter("radstream_aggregator_instances_total", "instances grouped, by outcome",
+                                 ["outcome"], registry=registry)
+        self.completed = Counter("radstream_aggregator_completed_total", "series and studies completed",
+                                 ["kind", "reason"], registry=registry)
+        self.open = Gauge("radstream_aggregator_open", "series and studies open (waiting for a quiet period)",
+                          ["kind"], registry=registry)
+
+
 class AggregatorWorker(TxLoop):
     component = "aggregator"
 
@@ -59,6 +74,8 @@ class AggregatorWorker(TxLoop):
         self.series_topic = settings.topic("series")
         self.studies_topic = settings.topic("studies")
         self.counts: dict[str, int] = {o.value: 0 for o in AddOutcome}
+        self.metrics: AggregatorMetrics | None = None
+        self._exported = [0 for _ in AddOutcome]  # counts already added to the metrics
 
     def restore(self, partition: int, records: Iterator[tuple[str, bytes | None]]) -> None:
         r = StateRestorer(self.codec.decode)
@@ -109,6 +126,10 @@ class AggregatorWorker(TxLoop):
             agg = self.aggs[partition]
             for key in keys:
                 out.changelog += [(partition, k, v) for k, v in dirty_records(agg.patients[key], received)]
+        if self.metrics is not None:
+            for outcome, before in zip(AddOutcome, self._exported, strict=True):
+                self.metrics.instances.labels(outcome.value).inc(counts[outcome] - before)
+            self._exported = [counts[o] for o in AddOutcome]
         return out
 
     def tick(self, partitions: set[int], now: float) -> Output:
@@ -119,14 +140,21 @@ class AggregatorWorker(TxLoop):
                 continue
             for key in agg.due(now):
                 for ev in agg.expire(key, now):
-                    topic = self.series_topic if isinstance(ev, SeriesCompleted) else self.studies_topic
-                    out.events.append((topic, key, ev))
+                    assert isinstance(ev, SeriesCompleted | StudyCompleted)
+                    is_series = isinstance(ev, SeriesCompleted)
+                    out.events.append((self.series_topic if is_series else self.studies_topic, key, ev))
+                    if self.metrics is not None:
+                        self.metrics.completed.labels("series" if is_series else "study", ev.reason.value).inc()
                 p = agg.patients.get(key)
                 if p is not None:
                     out.changelog += [(partition, k, v) for k, v in dirty_records(p)]
             for purged in agg.purged.values():
                 out.changelog += [(partition, k, v) for k, v in tombstones(purged)]
             agg.purged.clear()
+        if self.metrics is not None:
+            series, studies = self.open_counts()
+            self.metrics.open.labels("series").set(series)
+            self.metrics.open.labels("study").set(studies)
         return out
 
     def open_counts(self) -> tuple[int, int]:
@@ -145,6 +173,7 @@ def run(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     worker.obs = Observability.for_component(settings, "aggregate")
+    worker.metrics = AggregatorMetrics(worker.obs.registry)
     worker.obs.add_readiness_check("kafka", kafka_ready(settings))
     worker.obs.start()
     log.info("aggregator consuming %s (group %s)", worker.inputs[0], worker.group_id)

@@ -77,6 +77,10 @@ def test_aggregate_and_dispatch_commands(kafka_settings: Settings, tmp_path: Pat
         eventually(lambda: metric(a, "radstream_events_produced_total", topic=s.topic("series")) == 1
                    and metric(a, "radstream_events_produced_total", topic=s.topic("studies")) == 1,
                    timeout=60, what="the series and the study closed")
+        assert metric(a, "radstream_aggregator_instances_total", outcome="new") == 5
+        assert metric(a, "radstream_aggregator_completed_total", kind="series", reason="QUIET_PERIOD") == 1
+        assert metric(a, "radstream_aggregator_completed_total", kind="study", reason="QUIET_PERIOD") == 1
+        eventually(lambda: metric(a, "radstream_aggregator_open", kind="series") == 0, timeout=10, what="none open")
         d = ports["dispatch"]
         eventually(lambda: metric(d, "radstream_events_consumed_total", component="dispatch") == 2, timeout=60,
                    what="dispatcher read the series and the study")

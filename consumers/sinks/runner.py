@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -89,21 +90,26 @@ class _Batch:
         self.received.extend(more)
 
 
-def settle_garbage_collector(young_threshold: int = 10_000) -> None:
-    """Make the cyclic garbage collector cheap for a sink process.
+def tune_interpreter(young_threshold: int = 10_000, switch_interval_s: float = 0.001) -> None:
+    """Make the interpreter's own overheads small for a sink process (process-wide, idempotent).
 
-    A batch allocates tens of thousands of short-lived objects (decoded events, rows) that
-    reference counting frees when the batch is done; with the default thresholds the
-    collector runs every 700 allocations and its older passes walk every long-lived object
-    of the process again and again (a fifth of the sink's CPU time). The objects alive now
-    (modules, settings, clients) are frozen out of the collector and the young generation is
-    collected less often. Process-wide, and idempotent.
+    - Garbage collector: a batch allocates tens of thousands of short-lived objects (decoded
+      events, rows) that reference counting frees when the batch is done; with the default
+      thresholds the collector runs every 700 allocations and its older passes walk every
+      long-lived object of the process again and again (a fifth of the sink's CPU time). The
+      objects alive now (modules, settings, clients) are frozen out of the collector and the
+      young generation is collected less often.
+    - Thread switches: the writer thread streams COPY data while the consumer's thread decodes
+      the next batch; with the default 5 ms GIL slices the writer leaves PostgreSQL without
+      data for whole slices, 1 ms keeps it fed.
     """
     gc.collect()
     gc.freeze()
     young, middle, old = gc.get_threshold()
     if 0 < young < young_threshold:
         gc.set_threshold(young_threshold, middle, old)
+    if sys.getswitchinterval() > switch_interval_s:
+        sys.setswitchinterval(switch_interval_s)
 
 
 class SinkStopped(Exception):
@@ -125,7 +131,7 @@ class SinkRunner:
         self.settings = settings
         self.spec = spec
         self.cfg = settings.sinks
-        settle_garbage_collector()
+        tune_interpreter()
         self.consumer = consumer or EventConsumer(settings, spec.group_id(settings), list(spec.topics),
                                                   client_id=f"radstream-sink-{spec.name}")
         self.producer = producer or EventProducer(settings, f"radstream-sink-{spec.name}-dlq")

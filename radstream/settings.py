@@ -209,6 +209,9 @@ class AggregatorSettings(BaseModel):
     max_age_s: float = Field(4 * 3600.0, gt=0, description="force-complete a series/study open this long")
     timer_interval_s: float = Field(1.0, gt=0, description="how often deadlines are checked")
     retain_closed_s: float = Field(24 * 3600.0, gt=0, description="closed state kept for late data and dedupe")
+    recovery_grace_s: float = Field(
+        15.0, ge=0, description="after the broker was unreachable, a failed transaction, or a restart that found "
+        "deadlines already passed: timers wait this long, so instances held upstream (an SCP's outbox) arrive first")
     overrides: dict[str, TimeoutOverride] = Field(
         default_factory=dict, description="per called AE title: quiet periods for that source"
     )

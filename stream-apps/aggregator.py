@@ -68,7 +68,7 @@ class AggregatorWorker(TxLoop):
         a = settings.aggregator
         super().__init__(settings, a.group_id, [settings.topic("instances")],
                          settings.topic("aggregator.changelog"), a.timer_interval_s, a.batch_size,
-                         clock=clock or time.time)
+                         clock=clock or time.time, recovery_grace_s=a.recovery_grace_s)
         self.policy = TimeoutPolicy.from_settings(a, pipeline_timeouts(settings))
         self.aggs: dict[int, Aggregator] = {}
         self.series_topic = settings.topic("series")
@@ -88,6 +88,10 @@ class AggregatorWorker(TxLoop):
 
     def drop(self, partition: int) -> None:
         self.aggs.pop(partition, None)
+
+    def overdue(self, partition: int, now: float) -> bool:
+        agg = self.aggs.get(partition)
+        return agg is not None and agg.overdue_open(now)
 
     def process(self, batch: list[Received], now: float) -> Output:
         touched: dict[int, set[str]] = {}

@@ -304,6 +304,14 @@ class Aggregator:
             return p.last_seen + self.policy.retain_closed_s
         return min(times)
 
+    def overdue_open(self, now: float) -> bool:
+        """Whether some open series or study is past its deadline (e.g. found so after a restore)."""
+        for key, p in self.patients.items():
+            if (any(s.open for s in p.series.values()) or any(st.open for st in p.studies.values())) \
+                    and (d := self.deadline(key)) is not None and d <= now:
+                return True
+        return False
+
     def due(self, now: float) -> list[str]:
         return [k for k in self.patients if (d := self.deadline(k)) is not None and d <= now]
 

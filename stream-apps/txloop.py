@@ -14,7 +14,10 @@ The shape (the same design as faust tables, without faust; see the package READM
 - no timer fires for a partition until the backlog that was there at assignment is read, so
   a restarted worker does not close a series whose later instances are still in the topic;
 - on any transaction failure the state of the assigned partitions is thrown away and
-  restored from the changelog, and the consumer is put back to the committed offsets.
+  restored from the changelog, and the consumer is put back to the committed offsets;
+- after a disruption (the broker unreachable, a failed transaction, or a restart that finds
+  deadlines already passed) timers wait ``recovery_grace_s`` more, so that what producers held
+  back during the outage (an SCP's outbox) arrives before anything closes.
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ class TxLoop:
 
     def __init__(self, settings: Settings, group_id: str, inputs: list[str], changelog: str,
                  timer_interval_s: float, batch_size: int = 2000, clock: Callable[[], float] = time.time,
-                 codec: Codec | None = None) -> None:
+                 codec: Codec | None = None, recovery_grace_s: float = 0.0) -> None:
         self.settings = settings
         self.group_id = group_id
         self.inputs = inputs
@@ -126,6 +129,9 @@ class TxLoop:
         self._stash: set[int] = set()
         self._catch_up: dict[tuple[str, int], int] = {}  # backlog end at assignment, not yet reached
         self._needs_reset = False
+        self.recovery_grace_s = recovery_grace_s
+        self._hold: dict[int, float] = {}  # partition -> no timers before this clock time
+        self._broker_down = False
         self._stop = False
         self.processed = 0
         self.consumer = Consumer({
@@ -134,7 +140,7 @@ class TxLoop:
             "auto.offset.reset": "earliest", "isolation.level": "read_committed",
             "partition.assignment.strategy": "range", "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 300000,
-            "fetch.wait.max.ms": 100, "enable.partition.eof": True,
+            "fetch.wait.max.ms": 100, "enable.partition.eof": True, "error_cb": self._on_client_error,
         })
         self.producer = Producer({
             **base_config(settings, f"{group_id}-tx"), "transactional.id": f"{group_id}-{uuid.uuid4()}",
@@ -157,6 +163,11 @@ class TxLoop:
     def tick(self, partitions: set[int], now: float) -> Output:
         raise NotImplementedError
 
+    def overdue(self, partition: int, now: float) -> bool:
+        """Whether restored state of this partition has deadlines already passed (then timers wait
+        ``recovery_grace_s`` first). Override where timers act on state."""
+        return False
+
     # -- assignment ------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         now_assigned = {tp.partition for tp in parts}
@@ -164,10 +175,16 @@ class TxLoop:
         # else could process them in between, and no transaction is open during a callback)
         for p in self._stash - now_assigned:
             self.drop(p)
+            self._hold.pop(p, None)
         for p in sorted(now_assigned - self._stash - self.assigned):
             t0 = time.monotonic()
             self.restore(p, read_changelog(self.settings, self.changelog, p))
             log.info("restored state of partition %d in %.2fs", p, time.monotonic() - t0)
+            now = self.clock()
+            if self.recovery_grace_s and self.overdue(p, now):
+                self._hold[p] = now + self.recovery_grace_s
+                log.warning("partition %d: deadlines passed while no worker ran; timers wait %.0fs for "
+                            "instances held upstream", p, self.recovery_grace_s)
         self._stash = set()
         self.assigned |= now_assigned
         committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
@@ -191,13 +208,40 @@ class TxLoop:
             self._catch_up.pop((tp.topic, tp.partition), None)
         for p in gone & (self.assigned | self._stash):
             self.drop(p)
+            self._hold.pop(p, None)
         self.assigned -= gone
         self._stash -= gone
 
-    def ready_partitions(self) -> set[int]:
-        """Assigned partitions whose backlog at assignment has been read (timers may fire)."""
+    def ready_partitions(self, now: float | None = None) -> set[int]:
+        """Assigned partitions whose backlog at assignment has been read and that are not held
+        after a disruption (timers may fire)."""
+        if self._broker_down:
+            return set()
         blocked = {p for (_, p), _ in self._catch_up.items()}
+        if now is not None:
+            blocked |= {p for p, until in self._hold.items() if until > now}
         return self.assigned - blocked
+
+    # -- disruptions -----------------------------------------------------------------------
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and not self._broker_down:
+            log.warning("all brokers down: timers stop until one is reachable again")
+            self._broker_down = True
+
+    def _hold_all(self, now: float) -> None:
+        if self.recovery_grace_s:
+            for p in self.assigned:
+                self._hold[p] = max(self._hold.get(p, 0.0), now + self.recovery_grace_s)
+
+    def _probe_broker(self, now: float) -> None:
+        """While the brokers are down: one metadata request per timer interval; back, hold timers."""
+        try:
+            self.consumer.list_topics(self.inputs[0], timeout=min(2.0, self.timer_interval_s))
+        except KafkaException:
+            return
+        self._broker_down = False
+        self._hold_all(now)
+        log.warning("broker reachable again; timers wait %.0fs for instances held upstream", self.recovery_grace_s)
 
     def _track_catch_up(self) -> None:
         if not self._catch_up:
@@ -248,8 +292,10 @@ class TxLoop:
                 if batch:
                     out = self.process(batch, now)
                 do_tick = now >= next_tick
+                if do_tick and self._broker_down:
+                    self._probe_broker(now)
                 if do_tick:
-                    t_out = self.tick(self.ready_partitions(), now)
+                    t_out = self.tick(self.ready_partitions(now), now)
                     out.events += t_out.events
                     out.changelog += t_out.changelog
                     next_tick = now + self.timer_interval_s
@@ -291,6 +337,7 @@ class TxLoop:
             except KafkaException as abort_exc:
                 log.warning("abort failed: %s", abort_exc)
             self._needs_reset = True
+            self._hold_all(self.clock())
 
     def _count(self, batch: list[Received], out: Output) -> None:
         m = self.obs.consumer_metrics() if self.obs is not None else None

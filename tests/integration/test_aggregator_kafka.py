@@ -113,6 +113,39 @@ def test_kill_9_with_open_series_then_restart_closes_each_exactly_once(kafka_set
     assert len(studies) == 6 and len({e.event_id for e in studies}) == 6
 
 
+def test_restart_after_deadlines_passed_waits_for_instances_held_upstream(kafka_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    """The worker was down past a series' quiet period while an SCP held its last instance in its
+    outbox: the restarted worker must not close the series before that instance arrives."""
+    s = kafka_settings
+    cfg = {"series_quiet_s": 2.0, "patient_quiet_s": 3.0, "timer_interval_s": 0.5, "recovery_grace_s": 8.0}
+    proc = start_worker(s, tmp_path / "first.log", **cfg)
+    log = tmp_path / "restarted.log"
+    try:
+        snd = Sender(s)
+        for i in range(3):
+            snd.send(instance("H1", "5.1", "5.1.1", i))
+        snd.flush()
+        eventually(lambda: committed_lag(s, GROUP, s.topic("instances")) == 0, timeout=60,
+                   what="worker consumed everything")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        time.sleep(4.0)  # nobody runs while the series' quiet period (and the patient's) passes
+        proc = start_worker(s, log, **cfg)
+        eventually(lambda: log.exists() and "timers wait" in log.read_text(), timeout=60,
+                   what="restored with deadlines passed")
+        time.sleep(2.0)  # the SCP's outbox drains a moment after the broker is back
+        snd.send(instance("H1", "5.1", "5.1.1", 3))
+        snd.flush()
+        eventually(lambda: len(_studies(s)) >= 1, timeout=60, what="the study closed")
+        time.sleep(2.0)  # a second revision would show up within a few timer intervals
+        series = _series(s)
+    finally:
+        _stop(proc)
+    assert [(e.revision, e.reason, len(e.instances)) for e in series] == [(0, CompletionReason.QUIET_PERIOD, 4)], (
+        series, log.read_text()[-3000:])
+
+
 def test_two_workers_and_a_rebalance_lose_nothing(kafka_settings: Settings, tmp_path: Path) -> None:
     s = kafka_settings
     cfg = {"series_quiet_s": 4.0, "patient_quiet_s": 5.0, "timer_interval_s": 0.5}

@@ -103,7 +103,8 @@ class IngestSettings(BaseModel):
     )
     close_drain_s: float = Field(5.0, ge=0, description="on shutdown, wait this long for the outbox to drain")
     outbox_linger_ms: float = Field(
-        10.0, ge=0, description="publish_mode outbox: the drainer gathers events this long before sending a batch"
+        100.0, ge=0, description="publish_mode outbox: while events stream in, send a batch to Kafka at most this "
+        "often (the first event after a quiet spell goes at once)",
     )
     linger_ms: float = Field(0.0, ge=0)
     event_driven_reactor: bool = Field(

@@ -241,7 +241,8 @@ class TxLoop:
             return
         self._broker_down = False
         self._hold_all(now)
-        log.warning("broker reachable again; timers wait %.0fs for instances held upstream", self.recovery_grace_s)
+        log.warning("broker reachable again%s", f"; timers wait {self.recovery_grace_s:.0f}s for instances held "
+                    "upstream" if self.recovery_grace_s else "")
 
     def _track_catch_up(self) -> None:
         if not self._catch_up:

@@ -11,7 +11,9 @@
   and database work overlap. Batches are written and committed strictly in order, and the
   one read ahead always lies after the one written, so committing the written batch's
   offsets never covers an unwritten message; on an outage the read-ahead batch joins the
-  batch being retried (one transaction) before anything newer is polled.
+  batch being retried (one transaction) before anything newer is polled. A written batch's
+  offsets are committed while the next batch is written (its database commit came first),
+  or by the next idle poll, or on close.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class SinkRunner:
         self._paused = False
         self._writer: ThreadPoolExecutor | None = None
         self._ahead: _Batch | None = None  # read (and turned into rows) while the previous batch was written
+        self._written: _Batch | None = None  # written to the database, offsets not yet committed
 
     # -- database connection ---------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
@@ -178,7 +181,11 @@ class SinkRunner:
         self.stop_event.set()
 
     def step(self) -> int:
-        """Write one batch and commit it (reading the next meanwhile); returns how many messages it handled."""
+        """Write one batch (reading the next meanwhile); returns how many messages it handled.
+
+        The batch's offsets are committed while the next batch is written (or by the next
+        step, or by :meth:`commit_written`), always after the batch's database commit.
+        """
         if self.obs is not None:
             self.obs.beat()
         batch, self._ahead = self._ahead, None
@@ -187,16 +194,24 @@ class SinkRunner:
         elif len(batch.received) < self.cfg.batch_size:  # top up with what has arrived since, without waiting
             batch.extend(self.consumer.poll_batch(self.cfg.batch_size - len(batch.received), 0))
         if not batch.received:
+            self.commit_written()
             return 0
         self._write_with_retry(batch)
-        try:
-            self.consumer.commit(batch.received)
-        except KafkaException as exc:
-            # partitions moved to another member during the write: it re-delivers, writes are idempotent
-            log.warning("sink %s: offset commit failed (%s); the batch will be re-delivered", self.spec.name, exc)
+        self._written = batch
         if self.obs is not None:
             self._observe(batch)
         return len(batch.received)
+
+    def commit_written(self) -> None:
+        """Commit the offsets of the last batch written to the database, if not done yet."""
+        batch, self._written = self._written, None
+        if batch is None:
+            return
+        try:
+            self.consumer.commit(batch.received)
+        except KafkaException as exc:
+            # partitions moved to another member meanwhile: it re-delivers, writes are idempotent
+            log.warning("sink %s: offset commit failed (%s); the batch will be re-delivered", self.spec.name, exc)
 
     def _observe(self, batch: _Batch) -> None:
         """Metrics of a durable batch: consumed per topic; written per pipeline, with end-to-end latency."""
@@ -240,10 +255,12 @@ class SinkRunner:
         """Write ``batch`` on the writer thread; meanwhile read the next batch and turn it into rows."""
         self._prepare(batch)
         if not batch.good:
+            self.commit_written()
             return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"sink-{self.spec.name}-writer")
         done: Future[None] = self._writer.submit(self._write, batch)
+        self.commit_written()  # the previous batch's offsets, while this one is written
         while not done.done():
             ahead = self._ahead
             room = self.cfg.batch_size - (len(ahead.received) if ahead is not None else 0)
@@ -363,6 +380,7 @@ class SinkRunner:
         self._ahead = None  # read but not written: its offsets were not committed, it is re-delivered
         self._drop_connection()
         try:
+            self.commit_written()
             self.consumer.close()
         finally:
             self.producer.flush(10)

@@ -6,12 +6,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from radstream.consumers.sinks import SinkRunner, results_spec
 
 from radstream.db.migrate import migrate
 from radstream.devenv.postgres import PostgresServer
 from radstream.devenv.process import free_port
 from radstream.events.models import DeadLetter, Detection, InstanceReceived
+from radstream.kafka.config import base_config
 from radstream.kafka.consumer import EventConsumer
 from radstream.kafka.producer import EventProducer
 from radstream.settings import Settings
@@ -67,6 +69,35 @@ def test_results_land_once_when_delivered_twice(pg_settings: Settings) -> None:
     assert scalar(s, "SELECT status FROM results WHERE result_id = %s", retry_ok.result_id) == "completed"
     assert scalar(s, "SELECT value FROM measurements WHERE result_id = %s", retry_ok.result_id) == 5.0
     assert _count(s, "results") == n and _count(s, "measurements") == n - 4
+
+
+def _committed_offsets(s: Settings, group_id: str, topic: str) -> int:
+    """Sum over the topic's partitions of the group's committed offsets (what it will not read again)."""
+    probe = Consumer({**base_config(s, "test-offset-probe"), "group.id": group_id, "enable.auto.commit": False})
+    try:
+        meta = probe.list_topics(topic, timeout=10).topics[topic]
+        offsets = probe.committed([TopicPartition(topic, p) for p in meta.partitions], timeout=10)
+    finally:
+        probe.close()
+    return sum(max(tp.offset, 0) for tp in offsets)
+
+
+def test_offsets_are_committed_after_the_writes_while_the_sink_runs(pg_settings: Settings) -> None:
+    """A written batch's offsets are committed while the next batch is written or at the next idle
+    poll, without waiting for the sink to stop, and never ahead of what the database holds."""
+    migrate(pg_settings)
+    s = pg_settings.model_copy(update={"sinks": pg_settings.sinks.model_copy(update={"batch_size": 7})})
+    topic = s.topic("results")
+    group = results_spec(s).group_id(s)
+    events = [completed(f"po{i % 3}", uid("offsets", i), volume_ml=float(i)) for i in range(40)]
+    with running_sink(s, results_spec(s)):
+        send_all(s, topic, events)
+        def caught_up() -> bool:
+            committed = _committed_offsets(s, group, topic)
+            assert committed <= _count(s, "results")  # offsets never ahead of the database
+            return committed == len(events)
+        eventually(caught_up, 60, what="the offsets of every written batch committed while running")
+    assert _count(s, "results") == len(events)
 
 
 def _dead_letters(s: Settings, expect: int) -> list[DeadLetter]:

@@ -15,10 +15,11 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pynetdicom
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
@@ -51,6 +52,7 @@ from radstream.settings import Settings
 from radstream.store import ContentStore, hash_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COMPONENT = "radstream-ingest"
 EVENT_NAMESPACE = uuid.UUID("5b0d3c52-1c1e-4b8e-9a51-6a7c2f0e4d11")
@@ -79,6 +81,21 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+class _Inline:
+    """An executor that runs each call at once, in the caller's thread."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+_INLINE = _Inline()
+
+
 class IngestServer:
     """One SCP process: ``start()``, then ``stop()``."""
 
@@ -98,6 +115,8 @@ class IngestServer:
         self.producer_name = f"{COMPONENT}/{__version__}"
         self.server: ThreadedAssociationServer | None = None
         self._sweeper = threading.Event()
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self._io = ThreadPoolExecutor(max(2, settings.dicom.max_associations), thread_name_prefix="ingest-io")
         self.obs: Observability | None = None
 
@@ -237,6 +256,15 @@ class IngestServer:
     # --- C-STORE ---
 
     def _on_store(self, event: evt.Event) -> int:
+        with self._in_flight_lock:
+            self._in_flight += 1
+        try:
+            return self._store(event)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _store(self, event: evt.Event) -> int:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
         called = str(primitive.called_ae_title if primitive else assoc.acceptor.ae_title).strip()
@@ -256,12 +284,15 @@ class IngestServer:
             # I/O off the GIL overlaps the Python work: hashing while the header is parsed, the
             # store's link+fsync while the event is built. Nothing is stored before the header
             # passed its checks, and nothing is published before the store's fsync returned.
-            hashing = self._io.submit(hash_file, path)
+            # Only when this handler runs alone: concurrent associations already overlap one
+            # another's I/O, and the hand-offs to the pool would cost them CPU under the GIL.
+            io = self._io if self._in_flight == 1 else _INLINE
+            hashing = io.submit(hash_file, path)
             header = read_header(path, str(req.AffectedSOPClassUID or ""), str(req.AffectedSOPInstanceUID or ""), size)
             pixel_offset = header.layout.pixel_data_offset
             try:
                 digest = hashing.result()
-                storing = self._io.submit(self.store.add_file, path, digest=digest)
+                storing = io.submit(self.store.add_file, path, digest=digest)
                 sha, byte_size = digest
                 received = self._event(header, sha, byte_size, self.store.uri_for(sha), calling, called, peer)
                 stored = storing.result()

@@ -163,6 +163,7 @@ def warm_up_kafka(settings: Settings, records: int = 20_000) -> None:
         if i % 20 == 19:
             producer.flush(30)
     producer.flush(30)
+    time.sleep(5)  # the broker's own after-work (log flushes, GC) stays out of the first case
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -47,6 +47,26 @@ class Outbox:
             " topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, event_type TEXT NOT NULL)"
         )
         self._depth = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        self._reserve_wal()
+
+    def _reserve_wal(self, pages: int = 1100) -> None:
+        """Grow the write-ahead log once to its working size (SQLite checkpoints at 1000 pages).
+
+        SQLite then reuses the log from its start after each checkpoint, so an append overwrites
+        blocks the file already has and its fdatasync writes only data: ~0.13 ms instead of
+        ~0.25-0.5 ms for an append that extends the file (a file-system journal commit), which
+        every append of a fresh log is. Scratch rows in a table of their own, removed at once.
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size >= pages * 4096:
+            return
+        filler = b"\0" * 3500  # about one page each
+        self._db.execute("CREATE TABLE IF NOT EXISTS wal_reserve (b BLOB)")
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT INTO wal_reserve (b) VALUES (?)", ((filler,) for _ in range(pages)))
+        self._db.execute("DELETE FROM wal_reserve")
+        self._db.execute("COMMIT")
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @property
     def depth(self) -> int:

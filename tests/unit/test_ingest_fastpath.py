@@ -213,3 +213,17 @@ def test_outbox_append_failure_reaches_every_waiting_caller(tmp_path: Path) -> N
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert len(errors) == 4
+
+
+def test_outbox_reserves_its_write_ahead_log_and_reuses_it(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite3")
+    wal = tmp_path / "o.sqlite3-wal"
+    reserved = wal.stat().st_size
+    assert reserved >= 1100 * 4096  # grown once, at open
+    seqs = [ob.append("t", b"k", b"v" * 900, "InstanceReceived") for _ in range(3000)]
+    ob.delete(seqs)
+    # appends past SQLite's checkpoint restart the log from its start: it did not keep growing
+    assert wal.stat().st_size <= reserved * 1.1
+    assert seqs == list(range(1, 3001))  # the scratch rows never touched the outbox's sequence
+    assert ob.depth == 0 and ob.peek(10) == []
+    ob.close()

@@ -27,7 +27,7 @@ class _Pending:
     row: tuple[str, bytes | None, bytes, str]
     seq: int = 0
     done: bool = False
-    error: Exception | None = None
+    error: BaseException | None = None
 
 
 class Outbox:
@@ -114,7 +114,7 @@ class Outbox:
                     self._db.execute("ROLLBACK")
                     raise
                 self._depth += len(batch)
-        except Exception as exc:
+        except BaseException as exc:  # every waiting caller gets it; none waits for ever
             for p in batch:
                 p.error = exc
         for p in batch:

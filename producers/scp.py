@@ -179,7 +179,7 @@ class IngestServer:
             kwargs["request_handler"] = reactor.RequestHandler
         elif self.settings.ingest.event_driven_reactor:
             log.warning("pynetdicom %s: using its polling reactors (the event-driven ones are for %s)",
-                        pynetdicom.__version__, reactor.PYNETDICOM_VERSION)
+                        pynetdicom.__version__, f"{reactor.SUPPORTED_SERIES}x")
         server = ae.make_server(address, evt_handlers=handlers, ssl_context=tls_context(self.settings),
                                 server_class=ThreadedAssociationServer, **kwargs)
         ae._servers.append(server)  # as start_server does: AE.shutdown() stops it too

@@ -68,8 +68,31 @@ def _scu() -> AE:
     return ae
 
 
-def test_copied_pynetdicom_code_is_the_installed_code() -> None:
-    assert reactor.supported(), "pynetdicom changed: review producers/reactor.py against the new loops"
+def test_installed_pynetdicom_has_the_shape_the_reactors_rely_on() -> None:
+    assert reactor.supported(), "pynetdicom changed: review producers/reactor.py against its loops"
+
+
+def test_sleep_is_plain_outside_the_reactor_threads() -> None:
+    reactor._install()
+    import pynetdicom.dul
+
+    t0 = time.monotonic()
+    pynetdicom.dul.time.sleep(0.02)  # not a reactor thread: a real sleep
+    assert time.monotonic() - t0 >= 0.019
+    calls: list[int] = []
+
+    class ReactorThread(threading.Thread):
+        def _reactor_wait(self) -> None:
+            calls.append(1)
+
+        def run(self) -> None:
+            pynetdicom.dul.time.sleep(10)  # a reactor thread: its waiter instead
+
+    t = ReactorThread()
+    t.start()
+    t.join(5)
+    assert calls == [1] and not t.is_alive()
+    assert pynetdicom.dul.time.monotonic() > 0  # everything else is the time module's
 
 
 def test_event_driven_scp_stores_echoes_and_releases(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ a second, freshly migrated database with the same tables and indexes.
 
     R5 = sink rows/s / bare COPY rows/s        (goal >= 0.7)
 
-    .venv/bin/python load-tests/sink_bench.py [--events 20000] [--batch 2000]
+    .venv/bin/python load-tests/sink_bench.py [--events 20000] [--batch 5000]
 
 Private Kafka and PostgreSQL servers are started on free ports and stopped afterwards.
 Consumer group join time is left out of the sink's time: the clock starts when the first batch
@@ -139,7 +139,7 @@ def bare_copy(s: Settings, data: dict[str, tuple[list[str], list[tuple[Any, ...]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=20000)
-    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=5000, help="sink batch size (the setting's default)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sink-bench-") as tmp:

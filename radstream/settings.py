@@ -179,7 +179,7 @@ class WebSettings(BaseModel):
 class SinkSettings(BaseModel):
     """The PostgreSQL sinks (results, feedback) and the longitudinal rules they serve."""
 
-    batch_size: int = Field(2000, ge=1, description="most events written in one database transaction")
+    batch_size: int = Field(5000, ge=1, description="most events written in one database transaction")
     poll_timeout_s: float = Field(0.5, gt=0, description="longest wait for a batch to fill")
     retry_initial_s: float = Field(0.5, gt=0, description="first back-off after a database error")
     retry_max_s: float = Field(15.0, gt=0, description="longest back-off between database retries")

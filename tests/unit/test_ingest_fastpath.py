@@ -25,6 +25,7 @@ from radstream.producers.outbox import Outbox
 from radstream.producers.sample_series import write_series
 
 from radstream.devenv.process import free_port
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -110,10 +111,7 @@ def test_event_driven_scp_stores_echoes_and_releases(tmp_path: Path) -> None:
         assoc.release()
         assert assoc.is_released
         # the acceptor's threads end after the release and give back their eventfd
-        deadline = time.monotonic() + 10
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server.active_associations == []
+        eventually(lambda: not server.active_associations, 10, interval=0.01, what="the acceptor's threads end")
     assert len(received) == len(files)
     sent = {pydicom.dcmread(f).SOPInstanceUID for f in files}
     got = {pydicom.dcmread(_as_file(b, tmp_path)).SOPInstanceUID for b in received}
@@ -157,9 +155,7 @@ def test_network_timeout_still_aborts_an_idle_association(tmp_path: Path) -> Non
     with _scp(tmp_path, received, network_timeout=0.5) as server:
         assoc = _scu().associate("127.0.0.1", server.server_address[1])
         assert assoc.is_established
-        deadline = time.monotonic() + 10
-        while assoc.is_established and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: not assoc.is_established, 10, interval=0.05, what="the SCP's idle timer")
         assert assoc.is_aborted, "the SCP's idle timer did not fire"
 
 
@@ -177,10 +173,7 @@ def test_peer_dropping_mid_transfer_ends_the_association(tmp_path: Path) -> None
         sock.sendall(struct.pack(">BBL", 0x04, 0, 100_000) + b"\0" * 1000)
         sock.shutdown(socket.SHUT_RDWR)
         assoc.kill()
-        deadline = time.monotonic() + 10
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.active_associations == []
+        eventually(lambda: not server.active_associations, 10, interval=0.02, what="the association ends")
     assert received == []
 
 

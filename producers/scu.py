@@ -26,6 +26,7 @@ from typing import Any
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, build_context
+from radstream.producers.requestor import associate
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def _send_batch(
     contexts = sorted({(f.sop_class, f.transfer_syntax) for f in batch})
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
     tls_args = (tls, host) if tls is not None else None
-    assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
+    assoc = associate(ae, host, port, ae_title=called_ae, tls_args=tls_args)
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "association failed"
         for f in batch:

@@ -215,6 +215,7 @@ class PacsExport(Operator):
             ctx.notes["pacs_export"] = "off"
             return
         from pynetdicom import AE
+        from radstream.producers.requestor import associate
 
         datasets = [d for d in (ctx.seg_dataset, ctx.notes.get("sr_dataset")) if isinstance(d, Dataset)]
         if not datasets:
@@ -225,7 +226,7 @@ class PacsExport(Operator):
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.params.timeout_s
         for ds in datasets:
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate(inf.pacs_host, inf.pacs_port, ae_title=inf.pacs_ae_title)
+        assoc = associate(ae, inf.pacs_host, inf.pacs_port, ae_title=inf.pacs_ae_title)
         if not assoc.is_established:
             raise RetriableError(f"PACS {inf.pacs_ae_title}@{inf.pacs_host}:{inf.pacs_port} refused the association")
         try:

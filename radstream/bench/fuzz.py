@@ -25,6 +25,8 @@ from typing import Any
 import pydicom
 from hypothesis import strategies as st
 
+from radstream.producers.requestor import associate
+
 # --- seeds ----------------------------------------------------------------------------------------
 
 
@@ -250,7 +252,7 @@ class NetworkTarget:
         path = self.work / "input.dcm"
         path.write_bytes(seed.meta + body)
         self.tally.tried += 1
-        assoc = self._ae(seed).associate(self.host, self.port, ae_title=self.called_ae)
+        assoc = associate(self._ae(seed), self.host, self.port, ae_title=self.called_ae)
         if not assoc.is_established:
             self._crash(seed, body, "association refused")
             return "refused"
@@ -263,7 +265,11 @@ class NetworkTarget:
             if assoc.is_established:
                 echo = assoc.send_c_echo()
                 if "Status" not in echo or int(echo.Status) != 0:
-                    self._crash(seed, body, "C-ECHO after the input failed")
+                    state = ("aborted" if assoc.is_aborted else "released" if assoc.is_released
+                             else "established" if assoc.is_established else "other")
+                    self._crash(seed, body, f"C-ECHO after the input failed (after {outcome}; "
+                                            f"response {'none' if 'Status' not in echo else echo.Status}; "
+                                            f"association {state})")
                     outcome = "echo failed"
                 assoc.release()
         finally:
@@ -281,7 +287,7 @@ class NetworkTarget:
         ae = AE(ae_title="FUZZER")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
         ae.add_requested_context(Verification)
-        assoc = ae.associate(self.host, self.port, ae_title=self.called_ae)
+        assoc = associate(ae, self.host, self.port, ae_title=self.called_ae)
         if not assoc.is_established:
             return False
         try:

@@ -52,6 +52,28 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def group_alive(pgid: int) -> bool:
+    """True while any live (non-zombie) process is in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(") ", 1)[-1].split()
+        # fields after the command: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 @dataclass
 class ManagedProcess:
     """A process started by radstream, remembered by a pid file."""
@@ -101,7 +123,12 @@ class ManagedProcess:
         return proc.pid
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM, then SIGKILL after ``timeout``. Returns True if something was stopped."""
+        """SIGTERM to the process group, then SIGKILL to what is left of it after ``timeout``.
+
+        Waits for the whole group, not only its leader: a server's children (Triton's
+        backends, a broker's JVM under a wrapper) hold its ports until they are gone.
+        Returns True if something was stopped.
+        """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
@@ -109,11 +136,11 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         try:
-            wait_until(lambda: not pid_alive(pid), timeout, what=f"{self.name} to stop")
+            wait_until(lambda: not group_alive(pid), timeout, what=f"{self.name} to stop")
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            wait_until(lambda: not pid_alive(pid), 10, what=f"{self.name} to die")
+            wait_until(lambda: not group_alive(pid), 10, what=f"{self.name} to die")
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -121,4 +148,4 @@ class ManagedProcess:
         pid = self.pid()
         if pid is not None:
             os.killpg(pid, signal.SIGKILL)
-            wait_until(lambda: not pid_alive(pid), 10, what=f"{self.name} to die")
+            wait_until(lambda: not group_alive(pid), 10, what=f"{self.name} to die")

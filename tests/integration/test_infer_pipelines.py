@@ -193,3 +193,49 @@ def test_triton_that_never_returns_gives_one_retriable_failure(kafka_settings: S
     assert len(events) == 1
     ev = events[0]
     assert isinstance(ev, InferenceFailed) and ev.retriable and ev.stage == "triton_infer" and ev.attempts == 2
+
+
+def test_seg_and_sr_reach_the_pacs(kafka_settings: Settings, triton_server: object, tmp_path: Path) -> None:
+    """``pacs_export`` against dcmtk's storescp: the SEG and SR of each result arrive there, as
+    written to the store, over one association per result."""
+    from radstream.devenv.process import free_port, port_open
+
+    received = tmp_path / "pacs"
+    received.mkdir()
+    pacs_port = free_port()
+    storescp = subprocess.Popen(["storescp", "--aetitle", "PACS", "--output-directory", str(received),
+                                 "--accept-all", str(pacs_port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        eventually(lambda: port_open("127.0.0.1", pacs_port) or None, timeout=20, what="storescp")
+        settings = with_triton(kafka_settings, triton_server)
+        inference = settings.inference.model_copy(update={"pacs_host": "127.0.0.1", "pacs_port": pacs_port,
+                                                          "pacs_ae_title": "PACS"})
+        settings = settings.model_copy(update={"inference": inference})
+        root = tmp_path / "synth"
+        truth = synthesize(root, SynthConfig(seed=12, brain_patients=1, liver_patients=0, hip_patients=1, timepoints=1))
+        pairs = _requests(settings, root, truth)
+        producer = EventProducer(settings, "test-dispatcher")
+        reader = ResultReader(settings, settings.topic("results"))
+        try:
+            for req, _ in pairs:
+                producer.send_sync(settings.topic(f"requests.{req.pipeline}"), req.patient_key, req)
+            with WorkerThread(settings, "brain-tumour"), WorkerThread(settings, "hip-fracture"):
+                events = reader.until(lambda evs: len(evs) >= len(pairs), 240, "one result per request")
+        finally:
+            reader.close()
+            producer.flush()
+    finally:
+        storescp.terminate()
+        _, err = storescp.communicate(timeout=20)
+    results = [e for e in events if isinstance(e, InferenceCompleted)]
+    assert len(results) == len(pairs), events
+    sent = [uri for r in results for uri in (r.seg_uri, r.sr_uri) if uri is not None]
+    assert len(sent) == 3  # brain: SEG + SR; hip: SR
+    want = {str(pydicom.dcmread(path_for_uri(u)).SOPInstanceUID) for u in sent}
+    got = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in received.iterdir()}
+    assert set(got) == want, (sorted(got), sorted(want), err.decode(errors="replace")[-2000:])
+    for uri in sent:
+        stored = pydicom.dcmread(path_for_uri(uri))
+        arrived = pydicom.dcmread(got[str(stored.SOPInstanceUID)])
+        assert arrived.SOPClassUID == stored.SOPClassUID and arrived.SeriesInstanceUID == stored.SeriesInstanceUID
+        assert arrived.PatientID == stored.PatientID

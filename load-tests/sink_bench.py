@@ -8,7 +8,11 @@ a second, freshly migrated database with the same tables and indexes.
 
     R5 = sink rows/s / bare COPY rows/s        (goal >= 0.7)
 
-    .venv/bin/python load-tests/sink_bench.py [--events 20000] [--batch 5000]
+    .venv/bin/python load-tests/sink_bench.py [--events 20000] [--batch 5000] [--processes N]
+
+``--processes N`` runs N sink processes in one consumer group (the topic gets 2N partitions,
+so each gets an equal share), as a deployment scales the sink: the sink's time is then from
+the first batch any of them received to the last commit of any of them.
 
 Private Kafka and PostgreSQL servers are started on free ports and stopped afterwards.
 Consumer group join time is left out of the sink's time: the clock starts when the first batch
@@ -65,10 +69,11 @@ def make_events(n: int) -> list[InferenceCompleted]:
     return out
 
 
-def settings_for(bootstrap: str, pg: PostgresServer, database: str, batch: int, prefix: str) -> Settings:
+def settings_for(bootstrap: str, pg: PostgresServer, database: str, batch: int, prefix: str,
+                 partitions: int = 3) -> Settings:
     return Settings(  # type: ignore[call-arg]
         home=Path(tempfile.gettempdir()) / "radstream-sink-bench",
-        kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix, "default_partitions": 3},
+        kafka={"bootstrap_servers": bootstrap, "topic_prefix": prefix, "default_partitions": partitions},
         postgres={"host": pg.host, "port": pg.port, "user": pg.user, "password": pg.password, "database": database,
                   "managed": False},
         sinks={"batch_size": batch},
@@ -81,8 +86,9 @@ def create_db(pg: PostgresServer, name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"'.encode())
 
 
-def run_sink(s: Settings, n: int) -> tuple[float, float, int]:
-    """Consume until n events are stored; returns (seconds from first batch, seconds in DB writes, events)."""
+def run_sink(s: Settings, n: int) -> tuple[float, float, int, int]:
+    """Consume until n events are stored; returns (seconds from first batch, seconds in DB writes,
+    events, transactions)."""
     spec = results_spec(s)
     write_time = [0.0]
 
@@ -95,9 +101,9 @@ def run_sink(s: Settings, n: int) -> tuple[float, float, int]:
     start: float | None = None
     poll_batch = runner.consumer.poll_batch
 
-    def first_batch_starts_clock(max_messages: int = 500, timeout: float = 1.0) -> list[Any]:
+    def first_batch_starts_clock(max_messages: int = 500, timeout: float = 1.0, *, fill: bool = False) -> list[Any]:
         nonlocal start
-        got: list[Any] = poll_batch(max_messages, timeout)
+        got: list[Any] = poll_batch(max_messages, timeout, fill=fill)
         if got and start is None:  # the clock starts when the first batch has arrived (before it is written)
             start = time.perf_counter()
         return got
@@ -112,7 +118,61 @@ def run_sink(s: Settings, n: int) -> tuple[float, float, int]:
     finally:
         runner.close()
     assert start is not None, "the sink got nothing"
-    return end - start, write_time[0], runner.stats.events
+    return end - start, write_time[0], runner.stats.events, runner.stats.batches
+
+
+def _sink_process(s: Settings, n: int, stored: Any, out: Any) -> None:
+    """One of several sink processes: write until the group as a whole stored ``n`` events, then
+    report (first batch received, last commit done, events) on ``out``."""
+    runner = SinkRunner(s, results_spec(s))
+    start: float | None = None
+    poll_batch = runner.consumer.poll_batch
+
+    def first_batch_starts_clock(max_messages: int = 500, timeout: float = 1.0, *, fill: bool = False) -> list[Any]:
+        nonlocal start
+        got: list[Any] = poll_batch(max_messages, timeout, fill=fill)
+        if got and start is None:
+            start = time.perf_counter()
+        return got
+
+    runner.consumer.poll_batch = first_batch_starts_clock  # type: ignore[method-assign]
+    last_work = 0.0
+    deadline = time.monotonic() + 600
+    try:
+        while stored.value < n and time.monotonic() < deadline:
+            before = runner.stats.events
+            runner.step()
+            if runner.stats.events > before:
+                with stored.get_lock():
+                    stored.value += runner.stats.events - before
+                last_work = time.perf_counter()
+        t = time.perf_counter()
+        runner.commit_written()
+        last_work += time.perf_counter() - t  # the last batch's offset commit
+    finally:
+        runner.close()
+    out.put((start, last_work, runner.stats.events, runner.stats.conflicts, runner.stats.outages))
+
+
+def run_sinks(s: Settings, n: int, processes: int) -> tuple[float, int]:
+    """``processes`` sink processes in one group; returns (seconds from the first batch any of them
+    received to the last commit of any of them, events)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    stored = ctx.Value("i", 0)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_sink_process, args=(s, n, stored, out)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    reports = [out.get(timeout=660) for _ in procs]
+    for p in procs:
+        p.join(30)
+    starts = [r[0] for r in reports if r[0] is not None]
+    assert starts, "the sinks got nothing"
+    conflicts, outages = sum(r[3] for r in reports), sum(r[4] for r in reports)
+    print(f"writes rolled back by a conflict between the sinks and written again: {conflicts}; outages: {outages}")
+    return max(r[1] for r in reports) - min(starts), sum(r[2] for r in reports)
 
 
 def stored_rows(s: Settings) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
@@ -140,10 +200,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=5000, help="sink batch size (the setting's default)")
+    ap.add_argument("--processes", type=int, default=1, help="sink processes in one consumer group")
     args = ap.parse_args()
+    partitions = 3 if args.processes == 1 else 2 * args.processes
 
     with tempfile.TemporaryDirectory(prefix="sink-bench-") as tmp:
-        kafka = KafkaServer(Path(tmp) / "kafka", port=free_port(), controller_port=free_port())
+        # Kafka's own default for the first rebalance of a new group (the dev broker sets 0): sink
+        # processes started together are all members before partitions are handed out
+        kafka = KafkaServer(Path(tmp) / "kafka", port=free_port(), controller_port=free_port(),
+                            overrides={"group.initial.rebalance.delay.ms": "3000"} if args.processes > 1 else {})
         pg = PostgresServer(Path(tmp) / "pg", port=free_port())
         kafka.start()
         pg.start()
@@ -151,8 +216,8 @@ def main() -> None:
             prefix = f"bench{uuid.uuid4().hex[:8]}"
             create_db(pg, "sink_bench")
             create_db(pg, "copy_bench")
-            s_sink = settings_for(kafka.bootstrap, pg, "sink_bench", args.batch, prefix)
-            s_copy = settings_for(kafka.bootstrap, pg, "copy_bench", args.batch, prefix)
+            s_sink = settings_for(kafka.bootstrap, pg, "sink_bench", args.batch, prefix, partitions)
+            s_copy = settings_for(kafka.bootstrap, pg, "copy_bench", args.batch, prefix, partitions)
             migrate(s_sink)
             migrate(s_copy)
             create_topics(s_sink)
@@ -163,20 +228,25 @@ def main() -> None:
                 producer.send(s_sink.topic("results"), e.study_instance_uid, e)
             assert producer.flush(120) == 0
 
-            sink_s, write_s, consumed = run_sink(s_sink, args.events)
+            if args.processes == 1:
+                sink_s, write_s, consumed, batches = run_sink(s_sink, args.events)
+            else:
+                sink_s, consumed = run_sinks(s_sink, args.events, args.processes)
+                write_s, batches = float("nan"), 0
             data = stored_rows(s_sink)
             rows = sum(len(r) for _, r in data.values())
             copy_s = bare_copy(s_copy, data)
 
             sink_rate = rows / sink_s
             copy_rate = rows / copy_s
-            print(f"events            {consumed}")
+            print(f"events            {consumed}  ({args.processes} sink process(es), {partitions} partitions)")
             print(f"rows stored       {rows}  ({', '.join(f'{t} {len(data[t][1])}' for t in TABLES)})")
             print(f"sink              {sink_s:.2f} s  {sink_rate:,.0f} rows/s  {consumed / sink_s:,.0f} events/s"
-                  f"  (of which database writes {write_s:.2f} s)")
+                  f"  (of which database writes {write_s:.2f} s, {batches} batches)")
             print(f"bare COPY         {copy_s:.2f} s  {copy_rate:,.0f} rows/s")
             print(f"R5 = sink / COPY  {sink_rate / copy_rate:.2f}   (goal >= 0.7)")
-            print(f"R5 (database writes only, Kafka and decode excluded) {copy_s / write_s:.2f}")
+            if args.processes == 1:
+                print(f"R5 (database writes only, Kafka and decode excluded) {copy_s / write_s:.2f}")
         finally:
             pg.stop()
             kafka.stop()

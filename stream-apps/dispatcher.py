@@ -33,7 +33,8 @@ class DispatcherWorker(TxLoop):
     def __init__(self, settings: Settings, pipelines: list[PipelineSpec] | None = None) -> None:
         self.pipelines = pipelines if pipelines is not None else load_pipelines(settings.dispatcher.pipelines_dir)
         super().__init__(settings, settings.dispatcher.group_id, [settings.topic("series"), settings.topic("studies")],
-                         settings.topic("dispatcher.changelog"), timer_interval_s=60.0)
+                         settings.topic("dispatcher.changelog"), timer_interval_s=60.0,
+                         fill_batches=False)  # a completion becomes its requests at once
         self.retain_s = settings.aggregator.retain_closed_s
         self.states: dict[int, DispatchState] = {}
         self.requested = 0

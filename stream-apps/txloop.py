@@ -34,6 +34,7 @@ from confluent_kafka.admin import NewTopic
 from radstream.events.codec import codec_for
 from radstream.events.models import Event
 from radstream.events.serde import Codec, DecodeError
+from radstream.kafka.available import consume_available
 from radstream.kafka.config import base_config
 from radstream.kafka.consumer import Received
 from radstream.kafka.deadletter import DeadLetters
@@ -115,8 +116,11 @@ class TxLoop:
 
     def __init__(self, settings: Settings, group_id: str, inputs: list[str], changelog: str,
                  timer_interval_s: float, batch_size: int = 2000, clock: Callable[[], float] = time.time,
-                 codec: Codec | None = None, recovery_grace_s: float = 0.0) -> None:
+                 codec: Codec | None = None, recovery_grace_s: float = 0.0, fill_batches: bool = True) -> None:
         self.settings = settings
+        # True: wait (until the next timer tick at most) for batch_size messages, fewer and larger
+        # transactions; False: take what has arrived at once (for latency: the dispatcher)
+        self.fill_batches = fill_batches
         self.group_id = group_id
         self.inputs = inputs
         self.changelog = changelog
@@ -267,7 +271,9 @@ class TxLoop:
                 if self._needs_reset:
                     self._reset()
                 wait = max(0.0, min(0.5, next_tick - self.clock()))
-                msgs = self.consumer.consume(self.batch_size, max(wait, 0.005))  # never a busy loop
+                wait = max(wait, 0.005)  # never a busy loop
+                msgs = (self.consumer.consume(self.batch_size, wait) if self.fill_batches
+                        else consume_available(self.consumer, self.batch_size, wait))
                 batch: list[Received] = []
                 latest: dict[tuple[str, int], int] = {}  # next offset to commit per input partition
                 decode = self.codec.decode

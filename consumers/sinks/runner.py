@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import random
 import sys
 import threading
 import time
@@ -43,6 +44,8 @@ from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# a write rolled back for a deadlock/serialization failure is tried again this many times in all
+TRANSIENT_ATTEMPTS = 5
 # errors that mean "the database is not there right now", not "this data is bad"
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
 
@@ -73,6 +76,7 @@ class SinkStats:
     batches: int = 0
     dead_lettered: int = 0
     outages: int = 0
+    conflicts: int = 0  # writes rolled back by a deadlock or serialization failure, then retried
     last_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -267,7 +271,9 @@ class SinkRunner:
             if room <= 0 or self._paused:
                 done.exception()  # wait for the write (exceptions are raised below)
                 break
-            got = self.consumer.poll_batch(room, min(self.cfg.poll_timeout_s, 0.02))
+            # a write is in flight, so latency is no concern: fill the read-ahead in larger chunks,
+            # blocked in librdkafka (not holding the interpreter the writer thread needs) meanwhile
+            got = self.consumer.poll_batch(room, min(self.cfg.poll_timeout_s, 0.02), fill=True)
             if got:
                 if ahead is None:
                     ahead = self._ahead = _Batch(got)
@@ -304,7 +310,7 @@ class SinkRunner:
         good = batch.good
         conn = self._connection()
         try:
-            self.spec.write(conn, batch.rows)
+            self._write_rows(conn, batch.rows)
             self._count(len(good), batch.rows.count())
             return
         except OUTAGE_ERRORS:
@@ -316,7 +322,7 @@ class SinkRunner:
             one = self.spec.new_rows()
             one.add(r.event)  # type: ignore[arg-type]
             try:
-                self.spec.write(conn, one)
+                self._write_rows(conn, one)
                 self._count(1, one.count())
             except OUTAGE_ERRORS:
                 raise
@@ -324,6 +330,23 @@ class SinkRunner:
                 self._dead_letter(batch, r, exc)
         # a retry after an outage must not write again what was written one by one here: all done
         batch.handled.update(id(r) for r in good)
+
+    def _write_rows(self, conn: psycopg.Connection[Any], rows: Rows) -> None:
+        """``spec.write``, again at once when the database rolled it back for a deadlock or a
+        serialization failure with another writer (sink replicas share parent rows): a
+        transient conflict, not an outage and not bad data."""
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                self.spec.write(conn, rows)
+                return
+            except psycopg.errors.TransactionRollback as exc:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise
+                with self.stats._lock:
+                    self.stats.conflicts += 1
+                log.info("sink %s: write rolled back (%s), attempt %d; writing again", self.spec.name,
+                         type(exc).__name__, attempt)
+                time.sleep(random.uniform(0.0, 0.02 * attempt))  # let the other writer finish first
 
     def _count(self, events: int, rows: int) -> None:
         with self.stats._lock:

@@ -306,11 +306,6 @@ MERGE_SOURCE_INSTANCES = f"""
         instance_number = EXCLUDED.instance_number, position_along_normal = EXCLUDED.position_along_normal"""
 
 
-# all merges in one simple-protocol query: one round trip instead of one per statement (no parameters)
-_MERGE_ALL = ";\n".join(MERGE_SQL).encode("utf-8")
-_MERGE_ALL_AND_SOURCES = ";\n".join((*MERGE_SQL, MERGE_SOURCE_INSTANCES)).encode("utf-8")
-
-
 # -- the direct path: new keys COPYed straight into their tables -------------------------------
 
 _R_STATUS = RESULT_COLS.index("status")
@@ -403,18 +398,45 @@ def _copy(cur: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: 
         copy_rows(cur, table, columns, rows)
 
 
-def write_split(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
-    """COPY the rows with new keys into their tables, merge those whose keys exist (one transaction)."""
-    patients, studies, series, requests, results, sources = _one_per_key(rows)
+_Keyed = tuple[dict[str, tuple[Any, ...]], ...]
+
+
+_PARENTS = (("patients", PATIENT_COLS, "s_patients", "patient_key"),
+            ("studies", STUDY_COLS, "s_studies", "study_instance_uid"),
+            ("series", SERIES_COLS, "s_series", "series_instance_uid"))
+_PARENT_MERGES = tuple(stmt.encode("utf-8") for stmt in MERGE_SQL[:3])
+
+
+def write_parents_split(cur: psycopg.Cursor[Any], rows: ResultRows, keyed: _Keyed) -> None:
+    """Patients, studies and series, in their own transaction, each table in one pass in key order.
+
+    These rows are shared: a patient's results (keyed by study) and requests (keyed by patient)
+    reach different partitions, so several sink processes write the same parent rows at once.
+    Each table is written in a single pass in key order (all COPYed when all its keys are new,
+    else all merged, which sorts them), patients, then studies, then series: concurrent writers
+    lock the same rows in the same order, so they wait for each other instead of deadlocking.
+    The batch's own rows, written after this commits, take only key-share locks on them.
+    """
+    raw = (rows.patients, rows.studies, rows.series)
+    stored = existing_keys(cur, {table: (key, keyed[i]) for i, (table, _, _, key) in enumerate(_PARENTS)})
+    for i, (table, cols, stage, _) in enumerate(_PARENTS):
+        if not raw[i]:
+            continue
+        if not stored[table]:
+            _copy(cur, table, cols, _new(keyed[i], set()))
+        else:
+            _copy(cur, stage, cols, raw[i])
+            cur.execute(_PARENT_MERGES[i])
+
+
+def write_own_split(cur: psycopg.Cursor[Any], rows: ResultRows, keyed: _Keyed) -> None:
+    """Requests, results (with measurements, detections, blinding) and source instances: new
+    keys COPYed, existing ones merged (one transaction, after the parents')."""
+    requests, results, sources = keyed[3], keyed[4], keyed[5]
     stored = existing_keys(cur, {
-        "patients": ("patient_key", patients), "studies": ("study_instance_uid", studies),
-        "series": ("series_instance_uid", series), "requests": ("request_id", requests),
-        "results": ("result_id", results), "source_instances": ("sop_instance_uid", sources),
+        "requests": ("request_id", requests), "results": ("result_id", results),
+        "source_instances": ("sop_instance_uid", sources),
     })
-    # new rows, parents before children (the foreign keys)
-    _copy(cur, "patients", PATIENT_COLS, _new(patients, stored["patients"]))
-    _copy(cur, "studies", STUDY_COLS, _new(studies, stored["studies"]))
-    _copy(cur, "series", SERIES_COLS, _new(series, stored["series"]))
     _copy(cur, "requests", REQUEST_COLS, _new(requests, stored["requests"]))
     new_results = _new(results, stored["results"])
     _copy(cur, "results", RESULT_COLS, new_results)
@@ -432,16 +454,9 @@ def write_split(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
     _copy(cur, "source_instances", SOURCE_INSTANCE_COLS, _new(sources, stored["source_instances"]))
 
     # rows whose keys exist: staged as they came, merged as before
-    old_p, old_st, old_se = stored["patients"], stored["studies"], stored["series"]
     old_q, old_r, old_s = stored["requests"], stored["results"], stored["source_instances"]
-    if not (old_p or old_st or old_se or old_q or old_r or old_s):
+    if not (old_q or old_r or old_s):
         return
-    if old_p:
-        _copy(cur, "s_patients", PATIENT_COLS, [r for r in rows.patients if r[0] in old_p])
-    if old_st:
-        _copy(cur, "s_studies", STUDY_COLS, [r for r in rows.studies if r[0] in old_st])
-    if old_se:
-        _copy(cur, "s_series", SERIES_COLS, [r for r in rows.series if r[0] in old_se])
     if old_q:
         _copy(cur, "s_requests", REQUEST_COLS, [r for r in rows.requests if r[0] in old_q])
     if old_r:
@@ -450,52 +465,62 @@ def write_split(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
         _copy(cur, "s_detections", DETECTION_COLS, [r for r in rows.detections if r[0] in old_r])
     if old_s:
         _copy(cur, "s_source_instances", SOURCE_INSTANCE_COLS,
-                  [r for r in rows.source_instances if r[0] in old_s])
-    cur.execute(_merge_sql(bool(old_p), bool(old_st), bool(old_se), bool(old_q), bool(old_r), bool(old_s)))
+              [r for r in rows.source_instances if r[0] in old_s])
+    cur.execute(_merge_sql(False, False, False, bool(old_q), bool(old_r), bool(old_s)))
 
 
-def _stage_and_merge(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
-    """COPY ``rows`` into the staging tables and merge them (any key may exist already)."""
-    copy_rows(cur, "s_patients", PATIENT_COLS, rows.patients)
-    copy_rows(cur, "s_studies", STUDY_COLS, rows.studies)
-    if rows.series:
-        copy_rows(cur, "s_series", SERIES_COLS, rows.series)
-    if rows.requests:
-        copy_rows(cur, "s_requests", REQUEST_COLS, rows.requests)
-    if rows.source_instances:
-        copy_rows(cur, "s_source_instances", SOURCE_INSTANCE_COLS, rows.source_instances)
-    if rows.results:
-        copy_rows(cur, "s_results", RESULT_COLS, rows.results)
-    if rows.measurements:
-        copy_rows(cur, "s_measurements", MEASUREMENT_COLS, rows.measurements)
-    if rows.detections:
-        copy_rows(cur, "s_detections", DETECTION_COLS, rows.detections)
-    cur.execute(_MERGE_ALL_AND_SOURCES if rows.source_instances else _MERGE_ALL)
+def merge_parents(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
+    """Patients, studies and series staged and merged with ON CONFLICT (any key may exist)."""
+    _copy(cur, "s_patients", PATIENT_COLS, rows.patients)
+    _copy(cur, "s_studies", STUDY_COLS, rows.studies)
+    _copy(cur, "s_series", SERIES_COLS, rows.series)
+    if rows.patients or rows.studies or rows.series:
+        cur.execute(_merge_sql(bool(rows.patients), bool(rows.studies), bool(rows.series), False, False, False))
+
+
+def merge_own(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
+    """Requests, results and source instances staged and merged with ON CONFLICT."""
+    _copy(cur, "s_requests", REQUEST_COLS, rows.requests)
+    _copy(cur, "s_source_instances", SOURCE_INSTANCE_COLS, rows.source_instances)
+    _copy(cur, "s_results", RESULT_COLS, rows.results)
+    _copy(cur, "s_measurements", MEASUREMENT_COLS, rows.measurements)
+    _copy(cur, "s_detections", DETECTION_COLS, rows.detections)
+    if rows.requests or rows.results or rows.source_instances:
+        cur.execute(_merge_sql(False, False, False, bool(rows.requests), bool(rows.results),
+                               bool(rows.source_instances)))
 
 
 def merge_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:
-    """The general path: every row staged and merged with ON CONFLICT, in one transaction."""
+    """The general path: every row staged and merged with ON CONFLICT (parents, then the rest)."""
     ensure_stages(conn, STAGES)
     use_flat_array_dumpers(conn)
     with conn.transaction(), conn.cursor() as cur:
-        _stage_and_merge(cur, rows)
+        merge_parents(cur, rows)
+    with conn.transaction(), conn.cursor() as cur:
+        merge_own(cur, rows)
 
 
 def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> str:
-    """Write one batch in one transaction (``conn`` in autocommit mode), idempotently.
+    """Write one batch (``conn`` in autocommit mode), idempotently, in two transactions: the
+    shared parent rows (patients, studies, series), then the batch's own rows.
 
-    Rows whose keys are new (the common case) are COPYed straight into their tables; rows
-    whose keys exist are merged through the staging tables. If another writer stores one of
-    the "new" keys meanwhile, the COPY fails, the transaction rolls back, and the whole
-    batch is merged instead: the outcome is the same either way. Returns which way it went
-    (``"split"`` or ``"merged"``).
+    In each, rows whose keys are new (the common case) are COPYed straight into their tables
+    and rows whose keys exist are merged through the staging tables. If another writer stores
+    one of the "new" keys meanwhile, the COPY fails, that transaction rolls back, and its rows
+    are merged instead: the outcome is the same either way. Returns ``"split"`` if both went
+    the direct way, ``"merged"`` if either was merged. A failure after the parents committed
+    leaves only rows that a retry writes again unchanged.
     """
     ensure_stages(conn, STAGES)
     use_flat_array_dumpers(conn)
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            write_split(cur, rows)
-        return "split"
-    except CONFLICT_ERRORS:
-        merge_result_rows(conn, rows)
-        return "merged"
+    keyed = _one_per_key(rows)
+    how = "split"
+    for split, merge in ((write_parents_split, merge_parents), (write_own_split, merge_own)):
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                split(cur, rows, keyed)
+        except CONFLICT_ERRORS:
+            with conn.transaction(), conn.cursor() as cur:
+                merge(cur, rows)
+            how = "merged"
+    return how

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from radstream.devenv.process import ManagedProcess, port_open, wait_until
@@ -71,6 +71,7 @@ class KafkaServer:
     controller_port: int = 9093
     host: str = "127.0.0.1"
     heap: str = "512m"
+    overrides: dict[str, str] = field(default_factory=dict)  # server.properties set over the defaults below
 
     @property
     def bootstrap(self) -> str:
@@ -103,6 +104,7 @@ class KafkaServer:
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "message.max.bytes": "4194304",
+            **self.overrides,
         }
         conf = self.home / "server.properties"
         conf.write_text("".join(f"{k}={v}\n" for k, v in props.items()))

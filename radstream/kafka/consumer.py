@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from radstream.events.codec import codec_for
 from radstream.events.models import Event
 from radstream.events.serde import Codec, DecodeError
+from radstream.kafka.available import consume_available
 from radstream.kafka.config import base_config
 from radstream.settings import Settings
 
@@ -97,10 +98,19 @@ class EventConsumer:
     def raw(self) -> Consumer:
         return self._consumer
 
-    def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[Received]:
-        """Up to ``max_messages`` messages, decoded; transport errors other than EOF raise."""
+    def poll_batch(self, max_messages: int = 500, timeout: float = 1.0, *, fill: bool = False) -> list[Received]:
+        """Up to ``max_messages`` messages, decoded; transport errors other than EOF raise.
+
+        Returns as soon as there is something: waits up to ``timeout`` for the first message
+        only, then takes what has already been fetched (see :func:`consume_available`). With
+        ``fill``, waits up to ``timeout`` for all ``max_messages`` (for a caller with nothing
+        better to do meanwhile: blocked in librdkafka, it leaves the interpreter to its other
+        threads).
+        """
         out: list[Received] = []
-        for msg in self._consumer.consume(max_messages, timeout):
+        msgs = (self._consumer.consume(max_messages, timeout) if fill
+                else consume_available(self._consumer, max_messages, timeout))
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:

@@ -149,3 +149,50 @@ def test_a_key_stored_meanwhile_by_another_writer_falls_back_to_the_merge(pg_set
         assert sorted(r[0] for r in rows) == sorted(e.result_id for e in ours)
         assert {r[1] for r in rows} == {"completed"}
         assert conn.execute("SELECT count(*) FROM measurements").fetchone() == (3,)
+
+
+def test_writers_sharing_patients_and_studies_neither_deadlock_nor_lose_rows(pg_settings: Settings,
+                                                                            twin: Settings) -> None:
+    """Two sink replicas write at once: results are keyed by study, requests by patient, so both
+    replicas write the same patient, study and series rows, in whatever order their batches hold
+    them. No write may fail (a deadlock would roll a batch back), and the tables end as the same
+    events merged one batch after the other."""
+    import random
+
+    migrate(pg_settings)
+    rnd = random.Random(7)
+    patients = [f"shared-{i:03d}" for i in range(60)]
+    rounds: list[tuple[list[Event], list[Event]]] = []
+    for r in range(6):
+        studies = [(p, uid("shared", r, p, k)) for p in patients for k in range(2)]
+        a: list[Event] = [completed(p, s) for p, s in studies[::2]] + [requested(p, s) for p, s in studies[1::2]]
+        b: list[Event] = [requested(p, s) for p, s in studies[::2]] + [completed(p, s) for p, s in studies[1::2]]
+        rnd.shuffle(a)
+        rnd.shuffle(b)
+        rounds.append((a, b))
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def writer(side: int) -> None:
+        try:
+            with connect(pg_settings, autocommit=True) as conn:
+                for batch in rounds:
+                    start.wait(30)
+                    write_result_rows(conn, _rows(batch[side]))
+        except BaseException as exc:
+            errors.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with connect(twin, autocommit=True) as conn:
+        for a, b in rounds:
+            merge_result_rows(conn, _rows(a))
+            merge_result_rows(conn, _rows(b))
+    got, want = _snapshot(pg_settings), _snapshot(twin)
+    assert len(got["results"]) == 6 * 120 and len(got["patients"]) == 60
+    assert got == want

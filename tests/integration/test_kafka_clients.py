@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import fastavro
 import pytest
@@ -170,3 +171,31 @@ def test_read_to_end_stops_at_todays_end_past_transaction_markers(kafka_settings
     got = sorted(m.value() for m in read_to_end(s, [topic, s.topic("no-such-topic")], timeout=10))
     assert got == [f"committed-{i}".encode() for i in range(5)]
     tx.abort_transaction(30)
+
+
+def test_poll_batch_returns_what_has_arrived_without_waiting_for_a_full_batch(kafka_settings: Settings) -> None:
+    """A low-rate topic must not make each event wait the whole poll timeout (as
+    ``Consumer.consume(n, timeout)`` does until it holds n messages)."""
+    s = kafka_settings
+    topic = s.topic("results")
+    producer = EventProducer(s, "test-producer")
+    consumer = EventConsumer(s, "test-available", [topic])
+    try:
+        # join the group (nothing there yet: each call waits its timeout and returns nothing)
+        eventually(lambda: (consumer.poll_batch(100, 0.2) == [] and consumer.raw.assignment()) or None, 30,
+                   interval=0, what="partitions assigned")
+        events = [sample_event(InstanceReceived, i) for i in range(3)]
+        for e in events:
+            producer.send_sync(topic, b"same-key", e)
+        got: list[Received] = []
+        slowest = 0.0
+        while len(got) < len(events):
+            t0 = time.monotonic()
+            batch = consumer.poll_batch(1000, 20.0)
+            slowest = max(slowest, time.monotonic() - t0)
+            assert batch, "nothing within 20 s"
+            got.extend(batch)
+        assert [r.event for r in got] == events
+        assert slowest < 5.0, slowest  # consume(1000, 20.0) would have taken the full 20 s
+    finally:
+        consumer.close()

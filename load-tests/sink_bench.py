@@ -196,6 +196,60 @@ def bare_copy(s: Settings, data: dict[str, tuple[list[str], list[tuple[Any, ...]
         return time.perf_counter() - t0
 
 
+def _copy_share(s: Settings, share: dict[str, tuple[list[str], list[tuple[Any, ...]]]], ready: Any, out: Any) -> None:
+    """One connection of the parallel bare COPY: its share of the tables, in one transaction."""
+    with connect(s, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        ready.wait(120)
+        t0 = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            for t in TABLES[1:]:
+                cols, rows = share[t]
+                if rows:
+                    copy_rows(cur, t, cols, rows)
+        out.put((t0, time.perf_counter()))
+
+
+def bare_copy_parallel(s: Settings, data: dict[str, tuple[list[str], list[tuple[Any, ...]]]], n: int) -> float:
+    """The same rows over ``n`` connections: patients first (one COPY), then each connection
+    COPYs its share of the studies with everything under them, at the same time."""
+    import multiprocessing as mp
+
+    cols_r, rows_r = data["results"]
+    ri, si = cols_r.index("result_id"), cols_r.index("study_instance_uid")
+    share_of_study = {row[0]: k % n for k, row in enumerate(sorted(data["studies"][1]))}
+    study_of = {row[ri]: share_of_study[row[si]] for row in rows_r}
+    shares: list[dict[str, tuple[list[str], list[tuple[Any, ...]]]]] = [{} for _ in range(n)]
+    for t in TABLES[1:]:
+        cols, rows = data[t]
+        if t == "studies":
+            pick = [share_of_study[r[0]] for r in rows]
+        elif t in ("series", "results"):
+            i = cols.index("study_instance_uid")
+            pick = [share_of_study[r[i]] for r in rows]
+        else:
+            i = cols.index("result_id")
+            pick = [study_of[r[i]] for r in rows]
+        for k in range(n):
+            shares[k][t] = (cols, [r for r, w in zip(rows, pick, strict=True) if w == k])
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=_copy_share, args=(s, shares[k], ready, out)) for k in range(n)]
+    for proc in procs:
+        proc.start()
+    with connect(s, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            cols, rows = data["patients"]
+            copy_rows(cur, "patients", cols, rows)
+        patients_s = time.perf_counter() - t0
+    ready.wait(120)
+    spans = [out.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    return patients_s + max(e for _, e in spans) - min(b for b, _ in spans)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=20000)
@@ -236,6 +290,12 @@ def main() -> None:
             data = stored_rows(s_sink)
             rows = sum(len(r) for _, r in data.values())
             copy_s = bare_copy(s_copy, data)
+            copy_par_s: float | None = None
+            if args.processes > 1:
+                create_db(pg, "copy_bench_par")
+                s_par = settings_for(kafka.bootstrap, pg, "copy_bench_par", args.batch, prefix, partitions)
+                migrate(s_par)
+                copy_par_s = bare_copy_parallel(s_par, data, args.processes)
 
             sink_rate = rows / sink_s
             copy_rate = rows / copy_s
@@ -245,6 +305,9 @@ def main() -> None:
                   f"  (of which database writes {write_s:.2f} s, {batches} batches)")
             print(f"bare COPY         {copy_s:.2f} s  {copy_rate:,.0f} rows/s")
             print(f"R5 = sink / COPY  {sink_rate / copy_rate:.2f}   (goal >= 0.7)")
+            if copy_par_s is not None:
+                print(f"bare COPY over {args.processes} connections  {copy_par_s:.2f} s"
+                      f"  {rows / copy_par_s:,.0f} rows/s   sink / that {copy_par_s / sink_s:.2f}")
             if args.processes == 1:
                 print(f"R5 (database writes only, Kafka and decode excluded) {copy_s / write_s:.2f}")
         finally:

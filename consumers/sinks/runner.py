@@ -1,4 +1,7 @@
-"""The loop every PostgreSQL sink runs: poll a batch, write it in one transaction, then commit offsets.
+"""The loop every PostgreSQL sink runs: poll a batch, write it, then commit offsets.
+
+A batch is written in one transaction (the results sink uses two: the rows sink replicas
+share, then the batch's own; see ``radstream.db.results_writer``).
 
 - Offsets are committed only after the database commit, so a crash anywhere re-delivers
   what was not yet durable; the writers are idempotent, so re-delivery changes nothing.

@@ -7,6 +7,7 @@ needed); the workers are the same code `radstream infer` runs.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 from pathlib import Path
@@ -58,6 +59,23 @@ def _requests(settings: Settings, root: Path, truth: dict[str, Any]) -> list[tup
     return out
 
 
+def _results_of(settings: Settings, pairs: list[tuple[InferenceRequested, dict[str, Any]]],
+                pipelines: tuple[str, ...]) -> list[Event]:
+    """Publish the requests, run a worker per pipeline until each request has its result."""
+    producer = EventProducer(settings, "test-dispatcher")
+    reader = ResultReader(settings, settings.topic("results"))
+    try:
+        for req, _ in pairs:
+            producer.send_sync(settings.topic(f"requests.{req.pipeline}"), req.patient_key, req)
+        with contextlib.ExitStack() as workers:
+            for p in pipelines:
+                workers.enter_context(WorkerThread(settings, p))
+            return reader.until(lambda evs: len(evs) >= len(pairs), 240, "one result per request")
+    finally:
+        reader.close()
+        producer.flush()
+
+
 def _dciodvfy_errors(path: Path) -> list[str]:
     proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
@@ -69,17 +87,7 @@ def test_synthetic_studies_come_out_as_correct_results(kafka_settings: Settings,
     root = tmp_path / "synth"
     truth = synthesize(root, SynthConfig(seed=11, brain_patients=1, liver_patients=1, hip_patients=2, timepoints=2))
     pairs = _requests(settings, root, truth)
-    producer = EventProducer(settings, "test-dispatcher")
-    reader = ResultReader(settings, settings.topic("results"))
-    try:
-        for req, _ in pairs:
-            producer.send_sync(settings.topic(f"requests.{req.pipeline}"), req.patient_key, req)
-        with WorkerThread(settings, "brain-tumour"), WorkerThread(settings, "liver"), \
-                WorkerThread(settings, "hip-fracture"):
-            events = reader.until(lambda evs: len(evs) >= len(pairs), 240, "one result per request")
-    finally:
-        reader.close()
-        producer.flush()
+    events = _results_of(settings, pairs, ("brain-tumour", "liver", "hip-fracture"))
     by_request = {e.request_id: e for e in events if isinstance(e, (InferenceCompleted, InferenceFailed))}
     assert len(events) == len(pairs) == len(by_request)
     for req, study in pairs:
@@ -150,6 +158,8 @@ def test_triton_down_then_up_completes_and_impossible_request_fails_once(
             dead.until(lambda evs: len(evs) >= 1, 60, "dead letter")
             triton_server.start()
             events = reader.until(lambda evs: any(e.request_id == good.request_id for e in evs), 120, "good request")
+            # the worker counts a request after committing its offset, which follows the result we saw
+            eventually(lambda: w.worker.processed >= 3 or None, 10, what="the worker's count")
             assert w.worker.processed == 3
     finally:
         triton_server.start()
@@ -214,16 +224,7 @@ def test_seg_and_sr_reach_the_pacs(kafka_settings: Settings, triton_server: obje
         root = tmp_path / "synth"
         truth = synthesize(root, SynthConfig(seed=12, brain_patients=1, liver_patients=0, hip_patients=1, timepoints=1))
         pairs = _requests(settings, root, truth)
-        producer = EventProducer(settings, "test-dispatcher")
-        reader = ResultReader(settings, settings.topic("results"))
-        try:
-            for req, _ in pairs:
-                producer.send_sync(settings.topic(f"requests.{req.pipeline}"), req.patient_key, req)
-            with WorkerThread(settings, "brain-tumour"), WorkerThread(settings, "hip-fracture"):
-                events = reader.until(lambda evs: len(evs) >= len(pairs), 240, "one result per request")
-        finally:
-            reader.close()
-            producer.flush()
+        events = _results_of(settings, pairs, ("brain-tumour", "hip-fracture"))
     finally:
         storescp.terminate()
         _, err = storescp.communicate(timeout=20)

@@ -48,7 +48,7 @@ STAGES = (
     " ON COMMIT DELETE ROWS",
 )
 
-PATIENT_COLS = ("patient_key", "first_seen_at", "last_seen_at")
+PATIENT_COLS = ("patient_key",)  # written once (migration 0010); v_patients has the times
 STUDY_COLS = ("study_instance_uid", "patient_key", "accession_number", "study_date", "first_received_at",
               "last_received_at")
 SOURCE_INSTANCE_COLS = ("sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid",
@@ -162,7 +162,7 @@ class ResultRows:
                        first: datetime | None, study_date: date | None) -> None:
         pk = _require(e.patient_key, "patient_key")
         study = _require(e.study_instance_uid, "study_instance_uid")
-        self.patients.append((pk, e.last_received_at, e.last_received_at))
+        self.patients.append((pk,))
         self.studies.append((study, pk, e.accession_number, study_date, first, e.last_received_at))
 
     def _request(self, e: InferenceRequested) -> None:
@@ -199,7 +199,7 @@ class ResultRows:
                     seen.add((m[1], m[2]))
             sd = parse_study_date(e.study_date)
             last = e.last_received_at
-            self.patients.append((pk, last, last))
+            self.patients.append((pk,))
             self.studies.append((study, pk, e.accession_number, sd, None, last))
             self.series.extend([(uid, study, None, None, None, None) for uid in e.series_instance_uids])
             self.results.append((
@@ -225,13 +225,9 @@ class ResultRows:
 _UPDATABLE = [c for c in RESULT_COLS if c != "result_id"]
 
 MERGE_SQL = (
-    """INSERT INTO patients (patient_key, first_seen_at, last_seen_at)
-       SELECT patient_key, min(first_seen_at), max(last_seen_at) FROM s_patients
-       GROUP BY patient_key ORDER BY patient_key
-       ON CONFLICT (patient_key) DO UPDATE SET
-           first_seen_at = LEAST(patients.first_seen_at, EXCLUDED.first_seen_at),
-           last_seen_at = GREATEST(patients.last_seen_at, EXCLUDED.last_seen_at)
-       WHERE EXCLUDED.first_seen_at < patients.first_seen_at OR EXCLUDED.last_seen_at > patients.last_seen_at""",
+    """INSERT INTO patients (patient_key)
+       SELECT DISTINCT patient_key FROM s_patients ORDER BY patient_key
+       ON CONFLICT (patient_key) DO NOTHING""",
     """INSERT INTO studies (study_instance_uid, patient_key, accession_number, study_date, first_received_at,
                             last_received_at)
        SELECT study_instance_uid, min(patient_key), max(accession_number), max(study_date), min(first_received_at),
@@ -354,11 +350,7 @@ def _greatest(a: Any, b: Any) -> Any:
 
 def _one_per_key(rows: ResultRows) -> tuple[dict[str, tuple[Any, ...]], ...]:
     """Each table's rows reduced to one per key, as the merge statements reduce them."""
-    patients: dict[str, tuple[Any, ...]] = {}
-    for row in rows.patients:
-        had = patients.get(row[0])
-        patients[row[0]] = row if had is None else (
-            row[0], _least(had[1], row[1]), _greatest(had[2], row[2]))
+    patients: dict[str, tuple[Any, ...]] = {row[0]: row for row in rows.patients}
     studies: dict[str, tuple[Any, ...]] = {}
     for row in rows.studies:
         had = studies.get(row[0])
@@ -415,6 +407,7 @@ def write_parents_split(cur: psycopg.Cursor[Any], rows: ResultRows, keyed: _Keye
     Each table is written in a single pass in key order (all COPYed when all its keys are new,
     else all merged, which sorts them), patients, then studies, then series: concurrent writers
     lock the same rows in the same order, so they wait for each other instead of deadlocking.
+    A patient row is never updated (only its key is stored), so only new patients are written.
     The batch's own rows, written after this commits, take only key-share locks on them.
     """
     raw = (rows.patients, rows.studies, rows.series)
@@ -422,7 +415,9 @@ def write_parents_split(cur: psycopg.Cursor[Any], rows: ResultRows, keyed: _Keye
     for i, (table, cols, stage, _) in enumerate(_PARENTS):
         if not raw[i]:
             continue
-        if not stored[table]:
+        if table == "patients":
+            _copy(cur, table, cols, _new(keyed[i], stored[table]))
+        elif not stored[table]:
             _copy(cur, table, cols, _new(keyed[i], set()))
         else:
             _copy(cur, stage, cols, raw[i])

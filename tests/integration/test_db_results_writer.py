@@ -105,6 +105,27 @@ def test_split_path_stores_what_the_merge_path_stores(pg_settings: Settings, twi
         assert volumes == [("oedema", 7.0), ("tumour", 99.0)]
 
 
+
+def test_patient_rows_are_written_once_and_their_times_come_from_their_studies(pg_settings: Settings) -> None:
+    """A patient row is never rewritten by later batches; ``v_patients`` gives the first and last
+    times from the patient's studies, whichever batch (or order) they came in."""
+    migrate(pg_settings)
+    with connect(pg_settings, autocommit=True) as conn:
+        first, *later = _batches()
+        write_result_rows(conn, _rows(first))
+        created = dict(conn.execute("SELECT patient_key, xmin::text FROM patients").fetchall())
+        assert sorted(created) == ["p0", "p1", "p2"]
+        for batch in later:  # all three patients again, with later times
+            write_result_rows(conn, _rows(batch))
+        stored = dict(conn.execute("SELECT patient_key, xmin::text FROM patients").fetchall())
+        assert {k: stored[k] for k in created} == created  # the same row versions: never rewritten
+        seen = {k: (first, last, n) for k, first, last, n in conn.execute(
+            "SELECT patient_key, first_seen_at, last_seen_at, studies FROM v_patients").fetchall()}
+    # p2's studies are uid("w", 2) and uid("w", 5): the latest time is the replayed event's (3 days on)
+    assert seen["p2"][2] == 2 and seen["p2"][1] == T0 + timedelta(days=3)
+    assert seen["p0"][0] <= T0 and seen["p1"][0] <= T0 + timedelta(minutes=1)
+    assert seen["q4"][1] == T0 + timedelta(hours=1, minutes=4) and seen["q4"][2] == 1
+
 def test_a_key_stored_meanwhile_by_another_writer_falls_back_to_the_merge(pg_settings: Settings) -> None:
     """Another writer stores one of the batch's result ids after the check: the COPY waits for it,
     fails on the unique key, and the whole batch is merged, with the merge's outcome."""

@@ -58,6 +58,10 @@ class Rows(Protocol):
 
     def count(self) -> int: ...
 
+    def seal(self) -> object:
+        """Work out, before the write, whatever needs no database (called on the consumer's thread)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SinkSpec:
@@ -266,12 +270,16 @@ class SinkRunner:
             return
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"sink-{self.spec.name}-writer")
+        assert batch.rows is not None
+        batch.rows.seal()
         done: Future[None] = self._writer.submit(self._write, batch)
         self.commit_written()  # the previous batch's offsets, while this one is written
         while not done.done():
             ahead = self._ahead
             room = self.cfg.batch_size - (len(ahead.received) if ahead is not None else 0)
             if room <= 0 or self._paused:
+                if ahead is not None and ahead.rows is not None:
+                    ahead.rows.seal()  # while the database is still busy with the write
                 done.exception()  # wait for the write (exceptions are raised below)
                 break
             # a write is in flight, so latency is no concern: fill the read-ahead in larger chunks,

@@ -144,9 +144,11 @@ class ResultRows:
     detections: list[tuple[Any, ...]] = field(default_factory=list)
     # where each source instance lies in the store (the review app's viewer reads it)
     source_instances: list[tuple[Any, ...]] = field(default_factory=list)
+    _plan: WritePlan | None = field(default=None, repr=False)
 
     def add(self, event: Event) -> None:
         """Add the rows of one event (raises ValueError/TypeError for an event that cannot be stored)."""
+        self._plan = None
         if isinstance(event, InferenceRequested):
             self._request(event)
         elif isinstance(event, InferenceCompleted | InferenceFailed):
@@ -157,6 +159,17 @@ class ResultRows:
     def count(self) -> int:
         return sum(len(x) for x in (self.patients, self.studies, self.series, self.requests, self.results,
                                     self.measurements, self.detections))
+
+    def seal(self) -> WritePlan:
+        """The batch's rows as the writer COPYs them (one per key, in key order), worked out once.
+
+        The sink calls this on its consumer thread before handing the batch to its writer
+        thread, so this pure-Python work overlaps the previous batch's database writes
+        instead of leaving the database waiting for it. Adding rows afterwards discards it.
+        """
+        if self._plan is None:
+            self._plan = WritePlan.of(self)
+        return self._plan
 
     def _patient_study(self, e: InferenceRequested | InferenceCompleted | InferenceFailed,
                        first: datetime | None, study_date: date | None) -> None:
@@ -390,7 +403,36 @@ def _copy(cur: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: 
         copy_rows(cur, table, columns, rows)
 
 
-_Keyed = tuple[dict[str, tuple[Any, ...]], ...]
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """What the direct path COPYs for one batch, assuming every key is new: each table's rows
+    reduced to one per key (as the merge statements reduce them) and sorted by key (concurrent
+    writers lock keys in one order); the measurements and detections of the winning result
+    events, sorted by their keys; blinding entries of the winning results. Rows whose keys turn
+    out to be stored are filtered out of these lists (and merged) when the batch is written."""
+
+    keyed: tuple[dict[str, tuple[Any, ...]], ...]  # patients, studies, series, requests, results, sources
+    ordered: tuple[list[tuple[Any, ...]], ...]  # the same rows, in key order
+    measurements: list[tuple[Any, ...]]  # stored measurement columns
+    detections: list[tuple[Any, ...]]  # stored detection columns
+    blinding: list[tuple[Any, ...]]  # (blinding_hash, source, result_id, seg_uri), by result id
+
+    @classmethod
+    def of(cls, rows: ResultRows) -> WritePlan:
+        keyed = _one_per_key(rows)
+        ordered = tuple(_new(k, set()) for k in keyed)
+        winners = {rid: r[_R_EVENT] for rid, r in keyed[4].items()}
+        measurements = {(m[0], m[1], m[2]): m[:5] for m in rows.measurements if winners.get(m[0]) == m[5]}
+        detections = {(d[0], d[1]): d[:7] for d in rows.detections if winners.get(d[0]) == d[7]}
+        blinding = [(r[_R_HASH], f"model:{r[_R_MODEL]}/{r[_R_MODEL_VERSION]}", r[0], r[_R_SEG])
+                    for r in ordered[4] if r[_R_HASH] is not None]
+        return cls(keyed, ordered, [measurements[k] for k in sorted(measurements)],
+                   [detections[k] for k in sorted(detections)], blinding)
+
+
+def _unstored(rows: list[tuple[Any, ...]], stored: set[str]) -> list[tuple[Any, ...]]:
+    """``rows`` (keyed by their first column) without those whose key is stored, order kept."""
+    return [r for r in rows if r[0] not in stored] if stored else rows
 
 
 _PARENTS = (("patients", PATIENT_COLS, "s_patients", "patient_key"),
@@ -399,7 +441,7 @@ _PARENTS = (("patients", PATIENT_COLS, "s_patients", "patient_key"),
 _PARENT_MERGES = tuple(stmt.encode("utf-8") for stmt in MERGE_SQL[:3])
 
 
-def write_parents_split(cur: psycopg.Cursor[Any], rows: ResultRows, keyed: _Keyed) -> None:
+def write_parents_split(cur: psycopg.Cursor[Any], rows: ResultRows, plan: WritePlan) -> None:
     """Patients, studies and series, in their own transaction, each table in one pass in key order.
 
     These rows are shared: a patient's results (keyed by study) and requests (keyed by patient)
@@ -411,45 +453,41 @@ def write_parents_split(cur: psycopg.Cursor[Any], rows: ResultRows, keyed: _Keye
     The batch's own rows, written after this commits, take only key-share locks on them.
     """
     raw = (rows.patients, rows.studies, rows.series)
-    stored = existing_keys(cur, {table: (key, keyed[i]) for i, (table, _, _, key) in enumerate(_PARENTS)})
+    stored = existing_keys(cur, {table: (key, plan.keyed[i]) for i, (table, _, _, key) in enumerate(_PARENTS)})
     for i, (table, cols, stage, _) in enumerate(_PARENTS):
         if not raw[i]:
             continue
         if table == "patients":
-            _copy(cur, table, cols, _new(keyed[i], stored[table]))
+            _copy(cur, table, cols, _unstored(plan.ordered[i], stored[table]))
         elif not stored[table]:
-            _copy(cur, table, cols, _new(keyed[i], set()))
+            _copy(cur, table, cols, plan.ordered[i])
         else:
             _copy(cur, stage, cols, raw[i])
             cur.execute(_PARENT_MERGES[i])
 
 
-def write_own_split(cur: psycopg.Cursor[Any], rows: ResultRows, keyed: _Keyed) -> None:
+def write_own_split(cur: psycopg.Cursor[Any], rows: ResultRows, plan: WritePlan) -> None:
     """Requests, results (with measurements, detections, blinding) and source instances: new
     keys COPYed, existing ones merged (one transaction, after the parents')."""
-    requests, results, sources = keyed[3], keyed[4], keyed[5]
     stored = existing_keys(cur, {
-        "requests": ("request_id", requests), "results": ("result_id", results),
-        "source_instances": ("sop_instance_uid", sources),
+        "requests": ("request_id", plan.keyed[3]), "results": ("result_id", plan.keyed[4]),
+        "source_instances": ("sop_instance_uid", plan.keyed[5]),
     })
-    _copy(cur, "requests", REQUEST_COLS, _new(requests, stored["requests"]))
-    new_results = _new(results, stored["results"])
+    _copy(cur, "requests", REQUEST_COLS, _unstored(plan.ordered[3], stored["requests"]))
+    old_r = stored["results"]
+    new_results = _unstored(plan.ordered[4], old_r)
     _copy(cur, "results", RESULT_COLS, new_results)
     if new_results:
-        winners = {r[0]: r[_R_EVENT] for r in new_results}
-        measurements = {(m[0], m[1], m[2]): m[:5] for m in rows.measurements if winners.get(m[0]) == m[5]}
-        _copy(cur, "measurements", _STORED_MEASUREMENT_COLS, [measurements[k] for k in sorted(measurements)])
-        detections = {(d[0], d[1]): d[:7] for d in rows.detections if winners.get(d[0]) == d[7]}
-        _copy(cur, "detections", _STORED_DETECTION_COLS, [detections[k] for k in sorted(detections)])
-        blinding = {r[_R_HASH]: (r[_R_HASH], f"model:{r[_R_MODEL]}/{r[_R_MODEL_VERSION]}", r[0], r[_R_SEG])
-                    for r in new_results if r[_R_HASH] is not None}
+        _copy(cur, "measurements", _STORED_MEASUREMENT_COLS, _unstored(plan.measurements, old_r))
+        _copy(cur, "detections", _STORED_DETECTION_COLS, _unstored(plan.detections, old_r))
+        blinding = {b[0]: b for b in plan.blinding if b[2] not in old_r}
         if blinding:
             cur.execute(_BLINDING_SQL, [list(col) for col in zip(*(blinding[k] for k in sorted(blinding)),
                                                                  strict=True)])
-    _copy(cur, "source_instances", SOURCE_INSTANCE_COLS, _new(sources, stored["source_instances"]))
+    _copy(cur, "source_instances", SOURCE_INSTANCE_COLS, _unstored(plan.ordered[5], stored["source_instances"]))
 
     # rows whose keys exist: staged as they came, merged as before
-    old_q, old_r, old_s = stored["requests"], stored["results"], stored["source_instances"]
+    old_q, old_s = stored["requests"], stored["source_instances"]
     if not (old_q or old_r or old_s):
         return
     if old_q:
@@ -508,12 +546,12 @@ def write_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> str:
     """
     ensure_stages(conn, STAGES)
     use_flat_array_dumpers(conn)
-    keyed = _one_per_key(rows)
+    plan = rows.seal()
     how = "split"
     for split, merge in ((write_parents_split, merge_parents), (write_own_split, merge_own)):
         try:
             with conn.transaction(), conn.cursor() as cur:
-                split(cur, rows, keyed)
+                split(cur, rows, plan)
         except CONFLICT_ERRORS:
             with conn.transaction(), conn.cursor() as cur:
                 merge(cur, rows)

@@ -15,8 +15,8 @@ so each gets an equal share), as a deployment scales the sink: the sink's time i
 the first batch any of them received to the last commit of any of them.
 
 Private Kafka and PostgreSQL servers are started on free ports and stopped afterwards.
-Consumer group join time is left out of the sink's time: the clock starts when the first batch
-has arrived, before it is decoded into rows and written, and stops when the last is committed.
+Consumer group join time is left out of the sink's time: the clock starts when librdkafka hands
+the sink its first messages, before they are decoded, and stops when the last offsets are committed.
 """
 
 from __future__ import annotations
@@ -86,9 +86,44 @@ def create_db(pg: PostgresServer, name: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"'.encode())
 
 
+class _Clock:
+    """Starts when the sink's Kafka consumer first hands over messages (before they are decoded)."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+
+    def attach(self, runner: SinkRunner) -> None:
+        runner.consumer._consumer = _ClockedConsumer(runner.consumer._consumer, self)  # type: ignore[assignment]
+
+    def saw(self, messages: list[Any]) -> None:
+        if self.start is None and any(m.error() is None for m in messages):
+            self.start = time.perf_counter()
+
+
+class _ClockedConsumer:
+    """A confluent-kafka consumer that tells the clock when messages first come out of it."""
+
+    def __init__(self, inner: Any, clock: _Clock) -> None:
+        self._inner, self._clock = inner, clock
+
+    def consume(self, *args: Any, **kwargs: Any) -> list[Any]:
+        got: list[Any] = self._inner.consume(*args, **kwargs)
+        self._clock.saw(got)
+        return got
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        msg = self._inner.poll(*args, **kwargs)
+        if msg is not None:
+            self._clock.saw([msg])
+        return msg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def run_sink(s: Settings, n: int) -> tuple[float, float, int, int]:
-    """Consume until n events are stored; returns (seconds from first batch, seconds in DB writes,
-    events, transactions)."""
+    """Consume until n events are stored; returns (seconds from the first messages, seconds in DB
+    writes, events, transactions)."""
     spec = results_spec(s)
     write_time = [0.0]
 
@@ -98,17 +133,8 @@ def run_sink(s: Settings, n: int) -> tuple[float, float, int, int]:
         write_time[0] += time.perf_counter() - t
 
     runner = SinkRunner(s, SinkSpec(spec.name, spec.topics, spec.new_rows, timed_write))
-    start: float | None = None
-    poll_batch = runner.consumer.poll_batch
-
-    def first_batch_starts_clock(max_messages: int = 500, timeout: float = 1.0, *, fill: bool = False) -> list[Any]:
-        nonlocal start
-        got: list[Any] = poll_batch(max_messages, timeout, fill=fill)
-        if got and start is None:  # the clock starts when the first batch has arrived (before it is written)
-            start = time.perf_counter()
-        return got
-
-    runner.consumer.poll_batch = first_batch_starts_clock
+    clock = _Clock()
+    clock.attach(runner)
     deadline = time.monotonic() + 600
     try:
         while runner.stats.events < n and time.monotonic() < deadline:
@@ -117,25 +143,16 @@ def run_sink(s: Settings, n: int) -> tuple[float, float, int, int]:
         end = time.perf_counter()
     finally:
         runner.close()
-    assert start is not None, "the sink got nothing"
-    return end - start, write_time[0], runner.stats.events, runner.stats.batches
+    assert clock.start is not None, "the sink got nothing"
+    return end - clock.start, write_time[0], runner.stats.events, runner.stats.batches
 
 
 def _sink_process(s: Settings, n: int, stored: Any, out: Any) -> None:
     """One of several sink processes: write until the group as a whole stored ``n`` events, then
-    report (first batch received, last commit done, events) on ``out``."""
+    report (first messages received, last commit done, events) on ``out``."""
     runner = SinkRunner(s, results_spec(s))
-    start: float | None = None
-    poll_batch = runner.consumer.poll_batch
-
-    def first_batch_starts_clock(max_messages: int = 500, timeout: float = 1.0, *, fill: bool = False) -> list[Any]:
-        nonlocal start
-        got: list[Any] = poll_batch(max_messages, timeout, fill=fill)
-        if got and start is None:
-            start = time.perf_counter()
-        return got
-
-    runner.consumer.poll_batch = first_batch_starts_clock  # type: ignore[method-assign]
+    clock = _Clock()
+    clock.attach(runner)
     last_work = 0.0
     deadline = time.monotonic() + 600
     try:
@@ -151,7 +168,7 @@ def _sink_process(s: Settings, n: int, stored: Any, out: Any) -> None:
         last_work += time.perf_counter() - t  # the last batch's offset commit
     finally:
         runner.close()
-    out.put((start, last_work, runner.stats.events, runner.stats.conflicts, runner.stats.outages))
+    out.put((clock.start, last_work, runner.stats.events, runner.stats.conflicts, runner.stats.outages))
 
 
 def run_sinks(s: Settings, n: int, processes: int) -> tuple[float, int]:

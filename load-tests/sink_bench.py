@@ -132,7 +132,7 @@ def run_sink(s: Settings, n: int) -> tuple[float, float, int, int]:
         spec.write(conn, rows)
         write_time[0] += time.perf_counter() - t
 
-    runner = SinkRunner(s, SinkSpec(spec.name, spec.topics, spec.new_rows, timed_write))
+    runner = SinkRunner(s, SinkSpec(spec.name, spec.topics, spec.new_rows, timed_write, spec.prepare))
     clock = _Clock()
     clock.attach(runner)
     deadline = time.monotonic() + 600

@@ -180,6 +180,12 @@ class SinkSettings(BaseModel):
     """The PostgreSQL sinks (results, feedback) and the longitudinal rules they serve."""
 
     batch_size: int = Field(5000, ge=1, description="most events written in one database transaction")
+    start_batch_size: int = Field(
+        1000, ge=1,
+        description="most events read and decoded at once: the first batch after an idle spell (the "
+                    "database starts sooner) and each chunk read ahead while a batch is written (a finished "
+                    "write waits for one chunk at most); on a backlog batches still grow to batch_size",
+    )
     poll_timeout_s: float = Field(0.5, gt=0, description="longest wait for a batch to fill")
     retry_initial_s: float = Field(0.5, gt=0, description="first back-off after a database error")
     retry_max_s: float = Field(15.0, gt=0, description="longest back-off between database retries")

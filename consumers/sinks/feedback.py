@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 from radstream.consumers.sinks.runner import SinkSpec
 
-from radstream.db.feedback_writer import FeedbackRows, write_feedback_rows
+from radstream.db.feedback_writer import FeedbackRows, prepare_connection, write_feedback_rows
 from radstream.settings import Settings
 
 
@@ -16,4 +16,5 @@ def _write(conn: psycopg.Connection[Any], rows: Any) -> None:
 
 
 def feedback_spec(settings: Settings) -> SinkSpec:
-    return SinkSpec(name="feedback", topics=(settings.topic("feedback"),), new_rows=FeedbackRows, write=_write)
+    return SinkSpec(name="feedback", topics=(settings.topic("feedback"),), new_rows=FeedbackRows, write=_write,
+                    prepare=prepare_connection)

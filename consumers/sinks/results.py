@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 from radstream.consumers.sinks.runner import SinkSpec
 
-from radstream.db.results_writer import ResultRows, write_result_rows
+from radstream.db.results_writer import ResultRows, prepare_connection, write_result_rows
 from radstream.settings import Settings
 
 
@@ -18,4 +18,4 @@ def _write(conn: psycopg.Connection[Any], rows: Any) -> None:
 def results_spec(settings: Settings) -> SinkSpec:
     """Results, plus every pipeline's requests topic (the exams each pipeline received, for the report)."""
     topics = (settings.topic("results"), *(settings.topic(f"requests.{p}") for p in settings.pipelines))
-    return SinkSpec(name="results", topics=topics, new_rows=ResultRows, write=_write)
+    return SinkSpec(name="results", topics=topics, new_rows=ResultRows, write=_write, prepare=prepare_connection)

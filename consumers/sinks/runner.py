@@ -71,6 +71,8 @@ class SinkSpec:
     topics: tuple[str, ...]
     new_rows: Callable[[], Rows]
     write: Callable[[psycopg.Connection[Any], Any], None]
+    prepare: Callable[[psycopg.Connection[Any]], None] | None = None
+    """Sets up a new connection before its first write (staging tables, type lookups)."""
 
     def group_id(self, settings: Settings) -> str:
         return f"{settings.kafka.topic_prefix}.sink.{self.name}"
@@ -153,15 +155,35 @@ class SinkRunner:
         self.stop_event = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None  # used by the writer thread only
         self._paused = False
-        self._writer: ThreadPoolExecutor | None = None
         self._ahead: _Batch | None = None  # read (and turned into rows) while the previous batch was written
         self._written: _Batch | None = None  # written to the database, offsets not yet committed
+        # connect (and set the connection up) on the writer thread while the consumer joins its group
+        self._writer: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            1, thread_name_prefix=f"sink-{spec.name}-writer")
+        self._writer.submit(self._warm_up)
 
     # -- database connection ---------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings, autocommit=True, application_name=f"radstream-sink-{self.spec.name}")
+            conn = connect(self.settings, autocommit=True, application_name=f"radstream-sink-{self.spec.name}")
+            try:
+                if self.spec.prepare is not None:
+                    self.spec.prepare(conn)
+            except BaseException:
+                forget(conn)
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
+
+    def _warm_up(self) -> None:
+        """(Writer thread) the connection, ready before the first batch; if the database is not
+        there yet, the first write finds out and waits for it as for any outage."""
+        try:
+            self._connection()
+        except psycopg.Error as exc:  # OUTAGE_ERRORS among them
+            log.info("sink %s: database not ready at start (%s); the first write will retry", self.spec.name,
+                     type(exc).__name__)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -201,9 +223,9 @@ class SinkRunner:
             self.obs.beat()
         batch, self._ahead = self._ahead, None
         if batch is None:
-            batch = _Batch(self.consumer.poll_batch(self.cfg.batch_size, self.cfg.poll_timeout_s))
-        elif len(batch.received) < self.cfg.batch_size:  # top up with what has arrived since, without waiting
-            batch.extend(self.consumer.poll_batch(self.cfg.batch_size - len(batch.received), 0))
+            # the writer is idle meanwhile: a bounded first batch, so the database starts soon; what
+            # else has arrived is read while it is written (batches grow to batch_size on a backlog)
+            batch = _Batch(self.consumer.poll_batch(self._chunk(), self.cfg.poll_timeout_s))
         if not batch.received:
             self.commit_written()
             return 0
@@ -283,8 +305,9 @@ class SinkRunner:
                 done.exception()  # wait for the write (exceptions are raised below)
                 break
             # a write is in flight, so latency is no concern: fill the read-ahead in larger chunks,
-            # blocked in librdkafka (not holding the interpreter the writer thread needs) meanwhile
-            got = self.consumer.poll_batch(room, min(self.cfg.poll_timeout_s, 0.02), fill=True)
+            # blocked in librdkafka (not holding the interpreter the writer thread needs) meanwhile;
+            # bounded chunks, so a finished write waits for one chunk at most
+            got = self.consumer.poll_batch(min(room, self._chunk()), min(self.cfg.poll_timeout_s, 0.02), fill=True)
             if got:
                 if ahead is None:
                     ahead = self._ahead = _Batch(got)
@@ -292,6 +315,10 @@ class SinkRunner:
                     ahead.extend(got)
                 self._prepare(ahead)
         done.result()
+
+    def _chunk(self) -> int:
+        """Most messages read and decoded at once (see ``SinkSettings.start_batch_size``)."""
+        return min(self.cfg.start_batch_size, self.cfg.batch_size)
 
     def _prepare(self, batch: _Batch) -> None:
         """Turn the not yet prepared messages of ``batch`` into rows; dead-letter those that cannot be stored."""

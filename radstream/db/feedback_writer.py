@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from radstream.db.staging import copy_rows, ensure_stages
+from radstream.db.staging import copy_rows, ensure_stages, prepare_copies
 from radstream.events.models import Event, QcDecided, ReviewSubmitted
 
 FEEDBACK_EVENTS: tuple[type[Event], ...] = (ReviewSubmitted, QcDecided)
@@ -102,6 +102,12 @@ MERGE_SQL = (
 
 # all merges in one simple-protocol query: one round trip instead of one per statement (no parameters)
 _MERGE_ALL = ";\n".join(MERGE_SQL).encode("utf-8")
+
+
+def prepare_connection(conn: psycopg.Connection[Any]) -> None:
+    """Set up a new connection for :func:`write_feedback_rows` before its first batch."""
+    prepare_copies(conn, STAGES, (("s_reviews", REVIEW_COLS), ("s_review_findings", FINDING_COLS),
+                                  ("s_qc_decisions", QC_COLS)))
 
 
 def write_feedback_rows(conn: psycopg.Connection[Any], rows: FeedbackRows) -> None:

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from radstream.db.array_dumpers import use_flat_array_dumpers
 from radstream.db.new_keys import CONFLICT_ERRORS, existing_keys
-from radstream.db.staging import copy_rows, ensure_stages
+from radstream.db.staging import copy_rows, ensure_stages, prepare_copies
 from radstream.events.models import (
     Detection,
     Event,
@@ -521,6 +521,23 @@ def merge_own(cur: psycopg.Cursor[Any], rows: ResultRows) -> None:
     if rows.requests or rows.results or rows.source_instances:
         cur.execute(_merge_sql(False, False, False, bool(rows.requests), bool(rows.results),
                                bool(rows.source_instances)))
+
+
+_COPIES = (
+    ("patients", PATIENT_COLS), ("studies", STUDY_COLS), ("series", SERIES_COLS), ("requests", REQUEST_COLS),
+    ("results", RESULT_COLS), ("measurements", _STORED_MEASUREMENT_COLS), ("detections", _STORED_DETECTION_COLS),
+    ("source_instances", SOURCE_INSTANCE_COLS), ("s_patients", PATIENT_COLS), ("s_studies", STUDY_COLS),
+    ("s_series", SERIES_COLS), ("s_requests", REQUEST_COLS), ("s_results", RESULT_COLS),
+    ("s_measurements", MEASUREMENT_COLS), ("s_detections", DETECTION_COLS),
+    ("s_source_instances", SOURCE_INSTANCE_COLS),
+)
+
+
+def prepare_connection(conn: psycopg.Connection[Any]) -> None:
+    """Set up a new connection for :func:`write_result_rows` (staging tables, COPY column types,
+    array dumpers) before the first batch, which then finds it done."""
+    prepare_copies(conn, STAGES, _COPIES)
+    use_flat_array_dumpers(conn)
 
 
 def merge_result_rows(conn: psycopg.Connection[Any], rows: ResultRows) -> None:

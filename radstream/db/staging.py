@@ -62,6 +62,15 @@ def copy_rows(cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows
     return n
 
 
+def prepare_copies(conn: psycopg.Connection[Any], ddl: Sequence[str],
+                   copies: Iterable[tuple[str, Sequence[str]]]) -> None:
+    """Create the staging tables and look up the column types of every ``(table, columns)`` a
+    writer COPYs into, so the first batch on a new connection does not wait for that."""
+    ensure_stages(conn, ddl)
+    for table, columns in copies:
+        column_types(conn, table, columns)
+
+
 def forget(conn: psycopg.Connection[Any]) -> None:
     """Drop the record of ``conn``'s staging tables (the connection is being closed)."""
     _DONE.pop(conn, None)

@@ -393,9 +393,13 @@ def _one_per_key(rows: ResultRows) -> tuple[dict[str, tuple[Any, ...]], ...]:
     return patients, studies, series, requests, results, sources
 
 
-def _new(rows: dict[str, tuple[Any, ...]], stored: set[str]) -> list[tuple[Any, ...]]:
-    """The rows whose key is not stored yet, in key order (concurrent writers lock keys in one order)."""
-    return [rows[k] for k in sorted(rows.keys() - stored)]
+def _in_key_order(rows: dict[str, tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows sorted by key (concurrent writers lock keys in one order)."""
+    return [rows[k] for k in sorted(rows)]
+
+
+def _keys(rows: list[tuple[Any, ...]]) -> list[str]:
+    return [r[0] for r in rows]
 
 
 def _copy(cur: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
@@ -411,8 +415,7 @@ class WritePlan:
     events, sorted by their keys; blinding entries of the winning results. Rows whose keys turn
     out to be stored are filtered out of these lists (and merged) when the batch is written."""
 
-    keyed: tuple[dict[str, tuple[Any, ...]], ...]  # patients, studies, series, requests, results, sources
-    ordered: tuple[list[tuple[Any, ...]], ...]  # the same rows, in key order
+    ordered: tuple[list[tuple[Any, ...]], ...]  # patients, studies, series, requests, results, sources
     measurements: list[tuple[Any, ...]]  # stored measurement columns
     detections: list[tuple[Any, ...]]  # stored detection columns
     blinding: list[tuple[Any, ...]]  # (blinding_hash, source, result_id, seg_uri), by result id
@@ -420,13 +423,13 @@ class WritePlan:
     @classmethod
     def of(cls, rows: ResultRows) -> WritePlan:
         keyed = _one_per_key(rows)
-        ordered = tuple(_new(k, set()) for k in keyed)
+        ordered = tuple(_in_key_order(k) for k in keyed)
         winners = {rid: r[_R_EVENT] for rid, r in keyed[4].items()}
         measurements = {(m[0], m[1], m[2]): m[:5] for m in rows.measurements if winners.get(m[0]) == m[5]}
         detections = {(d[0], d[1]): d[:7] for d in rows.detections if winners.get(d[0]) == d[7]}
         blinding = [(r[_R_HASH], f"model:{r[_R_MODEL]}/{r[_R_MODEL_VERSION]}", r[0], r[_R_SEG])
                     for r in ordered[4] if r[_R_HASH] is not None]
-        return cls(keyed, ordered, [measurements[k] for k in sorted(measurements)],
+        return cls(ordered, [measurements[k] for k in sorted(measurements)],
                    [detections[k] for k in sorted(detections)], blinding)
 
 
@@ -453,7 +456,7 @@ def write_parents_split(cur: psycopg.Cursor[Any], rows: ResultRows, plan: WriteP
     The batch's own rows, written after this commits, take only key-share locks on them.
     """
     raw = (rows.patients, rows.studies, rows.series)
-    stored = existing_keys(cur, {table: (key, plan.keyed[i]) for i, (table, _, _, key) in enumerate(_PARENTS)})
+    stored = existing_keys(cur, {table: (key, _keys(plan.ordered[i])) for i, (table, _, _, key) in enumerate(_PARENTS)})
     for i, (table, cols, stage, _) in enumerate(_PARENTS):
         if not raw[i]:
             continue
@@ -470,8 +473,8 @@ def write_own_split(cur: psycopg.Cursor[Any], rows: ResultRows, plan: WritePlan)
     """Requests, results (with measurements, detections, blinding) and source instances: new
     keys COPYed, existing ones merged (one transaction, after the parents')."""
     stored = existing_keys(cur, {
-        "requests": ("request_id", plan.keyed[3]), "results": ("result_id", plan.keyed[4]),
-        "source_instances": ("sop_instance_uid", plan.keyed[5]),
+        "requests": ("request_id", _keys(plan.ordered[3])), "results": ("result_id", _keys(plan.ordered[4])),
+        "source_instances": ("sop_instance_uid", _keys(plan.ordered[5])),
     })
     _copy(cur, "requests", REQUEST_COLS, _unstored(plan.ordered[3], stored["requests"]))
     old_r = stored["results"]

@@ -182,9 +182,13 @@ class SinkSettings(BaseModel):
     batch_size: int = Field(5000, ge=1, description="most events written in one database transaction")
     start_batch_size: int = Field(
         1000, ge=1,
-        description="most events read and decoded at once: the first batch after an idle spell (the "
-                    "database starts sooner) and each chunk read ahead while a batch is written (a finished "
-                    "write waits for one chunk at most); on a backlog batches still grow to batch_size",
+        description="most events in the first batch after an idle spell (the database starts sooner); "
+                    "on a backlog batches still grow to batch_size",
+    )
+    read_ahead_chunk: int = Field(
+        250, ge=1,
+        description="most events read and decoded at once while a batch is written: a finished write "
+                    "waits for one such chunk at most before the next batch goes to the database",
     )
     poll_timeout_s: float = Field(0.5, gt=0, description="longest wait for a batch to fill")
     retry_initial_s: float = Field(0.5, gt=0, description="first back-off after a database error")

@@ -307,7 +307,8 @@ class SinkRunner:
             # a write is in flight, so latency is no concern: fill the read-ahead in larger chunks,
             # blocked in librdkafka (not holding the interpreter the writer thread needs) meanwhile;
             # bounded chunks, so a finished write waits for one chunk at most
-            got = self.consumer.poll_batch(min(room, self._chunk()), min(self.cfg.poll_timeout_s, 0.02), fill=True)
+            got = self.consumer.poll_batch(min(room, self.cfg.read_ahead_chunk), min(self.cfg.poll_timeout_s, 0.02),
+                                           fill=True)
             if got:
                 if ahead is None:
                     ahead = self._ahead = _Batch(got)
@@ -317,7 +318,7 @@ class SinkRunner:
         done.result()
 
     def _chunk(self) -> int:
-        """Most messages read and decoded at once (see ``SinkSettings.start_batch_size``)."""
+        """Most messages in a first batch (see ``SinkSettings.start_batch_size``)."""
         return min(self.cfg.start_batch_size, self.cfg.batch_size)
 
     def _prepare(self, batch: _Batch) -> None:

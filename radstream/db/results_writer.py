@@ -144,6 +144,13 @@ class ResultRows:
     detections: list[tuple[Any, ...]] = field(default_factory=list)
     # where each source instance lies in the store (the review app's viewer reads it)
     source_instances: list[tuple[Any, ...]] = field(default_factory=list)
+    # each table's rows reduced to one per key as they are added (as the merge statements reduce
+    # them), so that seal() only sorts: patients, studies, series, requests, results, sources
+    _one: tuple[dict[str, tuple[Any, ...]], ...] = field(default_factory=lambda: ({}, {}, {}, {}, {}, {}),
+                                                         repr=False)
+    # (result_id, event_id) -> that event's measurement and detection rows (the winner's are written)
+    _own: dict[tuple[str, str], tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = field(
+        default_factory=dict, repr=False)
     _plan: WritePlan | None = field(default=None, repr=False)
 
     def add(self, event: Event) -> None:
@@ -175,27 +182,62 @@ class ResultRows:
                        first: datetime | None, study_date: date | None) -> None:
         pk = _require(e.patient_key, "patient_key")
         study = _require(e.study_instance_uid, "study_instance_uid")
-        self.patients.append((pk,))
-        self.studies.append((study, pk, e.accession_number, study_date, first, e.last_received_at))
+        self._patient((pk,))
+        self._study((study, pk, e.accession_number, study_date, first, e.last_received_at))
+
+    def _patient(self, row: tuple[Any, ...]) -> None:
+        self.patients.append(row)
+        self._one[0][row[0]] = row
+
+    def _study(self, row: tuple[Any, ...]) -> None:
+        self.studies.append(row)
+        one = self._one[1]
+        had = one.get(row[0])
+        one[row[0]] = row if had is None else (
+            row[0], _least(had[1], row[1]), _greatest(had[2], row[2]), _greatest(had[3], row[3]),
+            _least(had[4], row[4]), _greatest(had[5], row[5]))
+
+    def _series(self, row: tuple[Any, ...]) -> None:
+        """Highest revision wins, NULLs last."""
+        self.series.append(row)
+        one = self._one[2]
+        had = one.get(row[0])
+        if had is None or (row[2] is not None and (had[2] is None or row[2] > had[2])):
+            one[row[0]] = row
+
+    def _result_row(self, row: tuple[Any, ...]) -> None:
+        """A completed result over a failed one, then the latest."""
+        self.results.append(row)
+        one = self._one[4]
+        had = one.get(row[0])
+        if had is None or ((row[_R_STATUS] == "completed", row[_R_FINISHED])
+                           > (had[_R_STATUS] == "completed", had[_R_FINISHED])):
+            one[row[0]] = row
 
     def _request(self, e: InferenceRequested) -> None:
         sd = parse_study_date(e.study_date)
         received = [i.received_at for s in e.series for i in s.instances]
         self._patient_study(e, min(received) if received else None, sd)
+        sources = self._one[5]
         for s in e.series:
-            self.series.append((_require(s.series_instance_uid, "series_instance_uid"), e.study_instance_uid,
-                                s.revision, s.modality, s.series_description, len(s.instances)))
-            self.source_instances.extend(
-                (i.sop_instance_uid, s.series_instance_uid, e.study_instance_uid, i.sop_class_uid, i.store_uri,
-                 i.instance_number, i.position_along_normal, i.received_at)
-                for i in s.instances
-            )
-        self.requests.append((
+            self._series((_require(s.series_instance_uid, "series_instance_uid"), e.study_instance_uid,
+                          s.revision, s.modality, s.series_description, len(s.instances)))
+            for i in s.instances:  # latest received wins (ORDER BY received_at DESC: NULLs first)
+                row = (i.sop_instance_uid, s.series_instance_uid, e.study_instance_uid, i.sop_class_uid,
+                       i.store_uri, i.instance_number, i.position_along_normal, i.received_at)
+                self.source_instances.append(row)
+                had = sources.get(row[0])
+                if had is None or (had[_S_RECEIVED] is not None and (
+                        row[_S_RECEIVED] is None or row[_S_RECEIVED] > had[_S_RECEIVED])):
+                    sources[row[0]] = row
+        request = (
             _require(e.request_id, "request_id"), e.event_id, e.patient_key, e.study_instance_uid,
             e.accession_number, e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow,
             e.replay_id, str(e.trigger), len(e.series), sum(len(s.instances) for s in e.series), sd,
             e.last_received_at, e.occurred_at,
-        ))
+        )
+        self.requests.append(request)
+        self._one[3].setdefault(request[0], request)
 
     def _result(self, e: InferenceCompleted | InferenceFailed) -> None:
         rid = _require(e.result_id, "result_id")
@@ -212,22 +254,28 @@ class ResultRows:
                     seen.add((m[1], m[2]))
             sd = parse_study_date(e.study_date)
             last = e.last_received_at
-            self.patients.append((pk,))
-            self.studies.append((study, pk, e.accession_number, sd, None, last))
-            self.series.extend([(uid, study, None, None, None, None) for uid in e.series_instance_uids])
-            self.results.append((
+            self._patient((pk,))
+            self._study((study, pk, e.accession_number, sd, None, last))
+            series = self._one[2]
+            for uid in e.series_instance_uids:  # no revision: never replaces a row
+                row = (uid, study, None, None, None, None)
+                self.series.append(row)
+                series.setdefault(uid, row)
+            self._result_row((
                 rid, event_id, e.request_id, e.producer, pk, study, e.accession_number,
                 e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow, e.replay_id, "completed",
                 None, None, None, None, list(e.series_instance_uids),
                 _jsonb_text(outputs_json(e.measurements, e.detections)), e.seg_uri, e.sr_uri,
                 e.blinding_hash, _jsonb_text(timings_json(e.timings_ms)), sd, e.started_at, e.occurred_at, last,
             ))
+            detections = [(rid, i, d.label, d.finding, d.score, list(d.box), d.sop_instance_uid, event_id)
+                          for i, d in enumerate(e.detections)]
             self.measurements.extend(measurements)
-            self.detections.extend([(rid, i, d.label, d.finding, d.score, list(d.box), d.sop_instance_uid, event_id)
-                                    for i, d in enumerate(e.detections)])
+            self.detections.extend(detections)
+            self._own.setdefault((rid, event_id), (measurements, detections))  # a re-delivery is the same
         else:
             self._patient_study(e, None, None)
-            self.results.append((
+            self._result_row((
                 rid, e.event_id, e.request_id, e.producer, e.patient_key, e.study_instance_uid, e.accession_number,
                 e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow, e.replay_id, "failed",
                 e.stage, e.reason, e.retriable, e.attempts, [], _EMPTY_JSONB, None, None, None, _EMPTY_JSONB, None,
@@ -361,38 +409,6 @@ def _greatest(a: Any, b: Any) -> Any:
     return b if a is None else a if b is None or a >= b else b
 
 
-def _one_per_key(rows: ResultRows) -> tuple[dict[str, tuple[Any, ...]], ...]:
-    """Each table's rows reduced to one per key, as the merge statements reduce them."""
-    patients: dict[str, tuple[Any, ...]] = {row[0]: row for row in rows.patients}
-    studies: dict[str, tuple[Any, ...]] = {}
-    for row in rows.studies:
-        had = studies.get(row[0])
-        studies[row[0]] = row if had is None else (
-            row[0], _least(had[1], row[1]), _greatest(had[2], row[2]), _greatest(had[3], row[3]),
-            _least(had[4], row[4]), _greatest(had[5], row[5]))
-    series: dict[str, tuple[Any, ...]] = {}
-    for row in rows.series:  # highest revision, NULLs last
-        had = series.get(row[0])
-        if had is None or (row[2] is not None and (had[2] is None or row[2] > had[2])):
-            series[row[0]] = row
-    requests: dict[str, tuple[Any, ...]] = {}
-    for row in rows.requests:
-        requests.setdefault(row[0], row)
-    results: dict[str, tuple[Any, ...]] = {}
-    for row in rows.results:  # a completed result over a failed one, then the latest
-        had = results.get(row[0])
-        if had is None or ((row[_R_STATUS] == "completed", row[_R_FINISHED])
-                           > (had[_R_STATUS] == "completed", had[_R_FINISHED])):
-            results[row[0]] = row
-    sources: dict[str, tuple[Any, ...]] = {}
-    for row in rows.source_instances:  # latest received (ORDER BY received_at DESC: NULLs first)
-        had = sources.get(row[0])
-        if had is None or (had[_S_RECEIVED] is not None and (
-                row[_S_RECEIVED] is None or row[_S_RECEIVED] > had[_S_RECEIVED])):
-            sources[row[0]] = row
-    return patients, studies, series, requests, results, sources
-
-
 def _in_key_order(rows: dict[str, tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The rows sorted by key (concurrent writers lock keys in one order)."""
     return [rows[k] for k in sorted(rows)]
@@ -422,15 +438,19 @@ class WritePlan:
 
     @classmethod
     def of(cls, rows: ResultRows) -> WritePlan:
-        keyed = _one_per_key(rows)
-        ordered = tuple(_in_key_order(k) for k in keyed)
-        winners = {rid: r[_R_EVENT] for rid, r in keyed[4].items()}
-        measurements = {(m[0], m[1], m[2]): m[:5] for m in rows.measurements if winners.get(m[0]) == m[5]}
-        detections = {(d[0], d[1]): d[:7] for d in rows.detections if winners.get(d[0]) == d[7]}
+        ordered = tuple(_in_key_order(k) for k in rows._one)
+        measurements: list[tuple[Any, ...]] = []
+        detections: list[tuple[Any, ...]] = []
+        for r in ordered[4]:  # by result id; a failed result has none
+            own = rows._own.get((r[0], r[_R_EVENT]))
+            if own is not None:
+                # a result's measurement keys (name, label) are unique, so sorting the rows sorts the
+                # keys; its detections come in index order
+                measurements.extend(sorted([m[:5] for m in own[0]]))
+                detections.extend([d[:7] for d in own[1]])
         blinding = [(r[_R_HASH], f"model:{r[_R_MODEL]}/{r[_R_MODEL_VERSION]}", r[0], r[_R_SEG])
                     for r in ordered[4] if r[_R_HASH] is not None]
-        return cls(ordered, [measurements[k] for k in sorted(measurements)],
-                   [detections[k] for k in sorted(detections)], blinding)
+        return cls(ordered, measurements, detections, blinding)
 
 
 def _unstored(rows: list[tuple[Any, ...]], stored: set[str]) -> list[tuple[Any, ...]]:

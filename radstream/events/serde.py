@@ -7,6 +7,12 @@ from a :class:`SchemaLookup` (the compacted ``<prefix>.schemas`` topic where eve
 publishes its schemas), and reads it into its own version of the record by Avro schema
 resolution, so old readers read new data and new readers read old data.
 
+Bodies are written with fastavro. A body written with the reader's own schema (the common
+case) is decoded with cavro, about 1.6x faster than fastavro for these records (the sinks
+decode every event of a backlog on a 2-core host where PostgreSQL needs the other core);
+bodies that need schema resolution are read by fastavro. Either way a body must be exactly
+one value: truncated or trailing bytes are a :class:`DecodeError`.
+
 With a registry URL, the Confluent wire format (``00``, 4-byte schema id, body) against a
 Confluent-compatible schema registry.
 """
@@ -15,10 +21,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import cavro
 import fastavro
 
 from radstream.events.models import EVENT_TYPES, Event
@@ -54,19 +62,76 @@ def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def _end_marker() -> bytes:
+    """8 random bytes, all different (so no shift of them equals them), unknown to senders."""
+    while True:
+        marker = os.urandom(8)
+        if len(set(marker)) == 8:
+            return marker
+
+
 class _Reader:
     """Decodes bodies written with one writer schema into this reader's record class."""
 
-    __slots__ = ("cls", "reader_schema", "writer_schema")
+    __slots__ = ("cls",)
 
-    def __init__(self, writer: Any, reader: Any | None, cls: type[Event]) -> None:
-        self.writer_schema = writer
-        self.reader_schema = reader
+    def __init__(self, cls: type[Event]) -> None:
         self.cls = cls
 
-    def read(self, body: io.BytesIO) -> Event:
-        data = fastavro.schemaless_reader(body, self.writer_schema, self.reader_schema)
-        return self.cls.from_avro(data)  # type: ignore[arg-type]
+    def read(self, data: bytes, offset: int) -> Event:
+        """The event whose body is ``data[offset:]`` (exceptions of the decoder pass through)."""
+        raise NotImplementedError
+
+
+class _OwnSchemaReader(_Reader):
+    """Bodies written with this reader's own schema, decoded by cavro.
+
+    cavro stops after one value and says nothing of what follows, so the body is decoded
+    inside a record of (the event, an 8-byte end marker) with the marker appended: a truncated
+    body eats into the marker (the marker's read then runs out of data), a body with trailing
+    bytes puts them where the marker should be (the marker read is wrong). The marker is
+    random per reader and has no repeated byte, so no trailing bytes can pass for it unless
+    they begin with the unknown marker itself.
+    """
+
+    __slots__ = ("_end", "_schema")
+
+    def __init__(self, schema: dict[str, Any], cls: type[Event]) -> None:
+        super().__init__(cls)
+        self._end = _end_marker()
+        framed = {
+            "type": "record", "name": "Framed", "namespace": "org.radstream.wire",
+            "fields": [{"name": "event", "type": schema},
+                       {"name": "end", "type": {"type": "fixed", "name": "End", "size": len(self._end)}}],
+        }
+        self._schema = cavro.Schema(framed, options=cavro.DEFAULT_OPTIONS.replace(record_decodes_to_dict=True),
+                                    parse_json=False)
+
+    def read(self, data: bytes, offset: int) -> Event:
+        framed = self._schema.binary_decode(data[offset:] + self._end)
+        if framed["end"] != self._end:
+            raise ValueError("bytes after the end of the body")
+        return self.cls.from_avro(framed["event"])
+
+
+class _ResolvingReader(_Reader):
+    """Bodies written with another version of the schema, read into this reader's version by
+    fastavro's Avro schema resolution."""
+
+    __slots__ = ("reader_schema", "writer_schema")
+
+    def __init__(self, writer: Any, reader: Any | None, cls: type[Event]) -> None:
+        super().__init__(cls)
+        self.writer_schema = writer
+        self.reader_schema = reader
+
+    def read(self, data: bytes, offset: int) -> Event:
+        body = io.BytesIO(data)
+        body.seek(offset)
+        value = fastavro.schemaless_reader(body, self.writer_schema, self.reader_schema)
+        if body.tell() != len(data):
+            raise ValueError(f"{len(data) - body.tell()} bytes after the end of the body")
+        return self.cls.from_avro(value)  # type: ignore[arg-type]
 
 
 def _reader_for_writer(schema: dict[str, Any], where: str) -> _Reader:
@@ -76,19 +141,14 @@ def _reader_for_writer(schema: dict[str, Any], where: str) -> _Reader:
     if name not in _TYPES_BY_NAME:
         raise UnknownSchemaError(f"schema {name} ({where}) is not an event this reader knows")
     intern_field_names(schema)
-    return _Reader(fastavro.parse_schema(schema), current_schemas()[name].parsed, _TYPES_BY_NAME[name])
+    return _ResolvingReader(fastavro.parse_schema(schema), current_schemas()[name].parsed, _TYPES_BY_NAME[name])
 
 
 def _read_body(reader: _Reader, data: bytes, offset: int) -> Event:
-    body = io.BytesIO(data)
-    body.seek(offset)
     try:
-        event = reader.read(body)
-    except Exception as exc:  # fastavro raises many types on corrupt bodies
+        return reader.read(data, offset)
+    except Exception as exc:  # the decoders raise many types on corrupt bodies
         raise DecodeError(f"corrupt {reader.cls.SCHEMA_NAME} body: {type(exc).__name__}: {exc}") from exc
-    if body.tell() != len(data):
-        raise DecodeError(f"{len(data) - body.tell()} trailing bytes after {reader.cls.SCHEMA_NAME}")
-    return event
 
 
 class SingleObjectCodec:
@@ -102,7 +162,7 @@ class SingleObjectCodec:
         for cls in EVENT_TYPES:
             sv = current[cls.SCHEMA_NAME]
             self._writers[cls] = (MAGIC + sv.fingerprint, sv.parsed)
-            self._readers[sv.fingerprint] = _Reader(sv.parsed, None, cls)
+            self._readers[sv.fingerprint] = _OwnSchemaReader(sv.schema, cls)
         for old in historical_schemas():
             self._add_reader(old)
 
@@ -110,7 +170,7 @@ class SingleObjectCodec:
         cls = _TYPES_BY_NAME.get(sv.name)
         if cls is None or sv.fingerprint in self._readers:
             return
-        self._readers[sv.fingerprint] = _Reader(sv.parsed, current_schemas()[sv.name].parsed, cls)
+        self._readers[sv.fingerprint] = _ResolvingReader(sv.parsed, current_schemas()[sv.name].parsed, cls)
 
     def current_schemas(self) -> dict[bytes, dict[str, Any]]:
         """Fingerprint -> standalone schema of every event this codec writes (to publish)."""

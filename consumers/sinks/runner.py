@@ -304,9 +304,9 @@ class SinkRunner:
                     ahead.rows.seal()  # while the database is still busy with the write
                 done.exception()  # wait for the write (exceptions are raised below)
                 break
-            # a write is in flight, so latency is no concern: fill the read-ahead in larger chunks,
-            # blocked in librdkafka (not holding the interpreter the writer thread needs) meanwhile;
-            # bounded chunks, so a finished write waits for one chunk at most
+            # a write is in flight: fill the read-ahead chunk by chunk, blocked in librdkafka (not
+            # holding the interpreter the writer thread needs) while waiting; small chunks, so a
+            # finished write waits for one chunk at most before the next batch goes
             got = self.consumer.poll_batch(min(room, self.cfg.read_ahead_chunk), min(self.cfg.poll_timeout_s, 0.02),
                                            fill=True)
             if got:

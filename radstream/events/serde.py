@@ -8,7 +8,7 @@ publishes its schemas), and reads it into its own version of the record by Avro 
 resolution, so old readers read new data and new readers read old data.
 
 Bodies are written with fastavro. A body written with the reader's own schema (the common
-case) is decoded with cavro, about 1.6x faster than fastavro for these records (the sinks
+case) is decoded with cavro, about 1.5x faster than fastavro for these records (the sinks
 decode every event of a backlog on a 2-core host where PostgreSQL needs the other core);
 bodies that need schema resolution are read by fastavro. Either way a body must be exactly
 one value: truncated or trailing bytes are a :class:`DecodeError`.

@@ -110,7 +110,7 @@ class _OwnSchemaReader(_Reader):
     def read(self, data: bytes, offset: int) -> Event:
         framed = self._schema.binary_decode(data[offset:] + self._end)
         if framed["end"] != self._end:
-            raise ValueError("bytes after the end of the body")
+            raise ValueError("trailing bytes after the end of the body")
         return self.cls.from_avro(framed["event"])
 
 
@@ -130,7 +130,7 @@ class _ResolvingReader(_Reader):
         body.seek(offset)
         value = fastavro.schemaless_reader(body, self.writer_schema, self.reader_schema)
         if body.tell() != len(data):
-            raise ValueError(f"{len(data) - body.tell()} bytes after the end of the body")
+            raise ValueError(f"{len(data) - body.tell()} trailing bytes after the end of the body")
         return self.cls.from_avro(value)  # type: ignore[arg-type]
 
 

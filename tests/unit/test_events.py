@@ -90,7 +90,7 @@ def test_truncated_and_trailing_bytes_are_decode_errors(cls: type[Record]) -> No
         with pytest.raises(DecodeError):
             codec.decode(data[:-cut])
     for tail in (b"\x00", b"\x00\x00", b"\x02abc", bytes(range(16))):
-        with pytest.raises(DecodeError, match="after the end"):
+        with pytest.raises(DecodeError, match="trailing bytes after the end"):
             codec.decode(data + tail)
 
 

@@ -26,6 +26,7 @@ from aggregator_bench_common import bench_settings, broker, instance
 from radstream.stream_apps.aggregator import AggregatorWorker
 from radstream.stream_apps.txloop import Output
 
+from radstream.devenv.process import exit_on_sigterm
 from radstream.events.codec import codec_for
 from radstream.kafka.consumer import Received
 from radstream.settings import Settings
@@ -147,4 +148,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregator_bench_common import bench_settings, broker, instance
 from radstream.stream_apps.aggregator import AggregatorWorker
 
+from radstream.devenv.process import exit_on_sigterm
 from radstream.events.codec import codec_for
 from radstream.events.models import SeriesCompleted
 
@@ -108,4 +109,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

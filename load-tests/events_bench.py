@@ -22,6 +22,7 @@ from pathlib import Path
 
 import fastavro
 
+from radstream.devenv.process import exit_on_sigterm
 from radstream.events.models import InstanceReceived, utcnow
 from radstream.events.schemas import current_schemas
 from radstream.events.serde import SingleObjectCodec
@@ -147,4 +148,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -35,7 +35,7 @@ from radstream.bench.fuzz import (
     record,
 )
 from radstream.devenv.kafka import KafkaServer
-from radstream.devenv.process import ManagedProcess, free_port, port_open, wait_until
+from radstream.devenv.process import ManagedProcess, exit_on_sigterm, free_port, port_open, wait_until
 
 
 def synth_seeds(folder: Path) -> list[Path]:
@@ -136,4 +136,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     raise SystemExit(main())

@@ -26,7 +26,7 @@ from pathlib import Path
 from radstream.consumers.inference.worker import group_id
 
 from radstream.devenv.kafka import KafkaServer
-from radstream.devenv.process import free_port
+from radstream.devenv.process import exit_on_sigterm, free_port
 from radstream.devenv.triton import TritonServer
 from radstream.events.models import Event
 from radstream.kafka.consumer import EventConsumer
@@ -179,4 +179,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

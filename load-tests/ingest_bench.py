@@ -33,7 +33,7 @@ from pathlib import Path
 from radstream.producers.sample_series import write_series
 
 from radstream.devenv.kafka import KafkaServer
-from radstream.devenv.process import ManagedProcess, free_port, port_open, wait_until
+from radstream.devenv.process import ManagedProcess, exit_on_sigterm, free_port, port_open, wait_until
 from radstream.kafka.topics import create_topics
 from radstream.settings import Settings
 
@@ -257,4 +257,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

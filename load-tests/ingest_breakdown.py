@@ -34,7 +34,7 @@ from radstream.producers.sample_series import write_series
 
 import radstream.store as store_mod
 from radstream.devenv.kafka import KafkaServer
-from radstream.devenv.process import free_port
+from radstream.devenv.process import exit_on_sigterm, free_port
 from radstream.kafka.topics import create_topics
 from radstream.settings import Settings
 
@@ -155,4 +155,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

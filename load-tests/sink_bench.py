@@ -38,7 +38,7 @@ from radstream.db.migrate import migrate
 from radstream.db.staging import copy_rows
 from radstream.devenv.kafka import KafkaServer
 from radstream.devenv.postgres import PostgresServer
-from radstream.devenv.process import free_port
+from radstream.devenv.process import exit_on_sigterm, free_port
 from radstream.events.models import Detection, InferenceCompleted, Measurement, utcnow
 from radstream.kafka.producer import EventProducer
 from radstream.kafka.topics import create_topics
@@ -333,4 +333,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

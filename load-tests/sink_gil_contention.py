@@ -31,7 +31,7 @@ from radstream.db.connect import connect
 from radstream.db.migrate import migrate
 from radstream.db.results_writer import ResultRows, prepare_connection, write_result_rows
 from radstream.devenv.postgres import PostgresServer
-from radstream.devenv.process import free_port
+from radstream.devenv.process import exit_on_sigterm, free_port
 from radstream.events.serde import SingleObjectCodec
 
 BATCH, BATCHES, CHUNK = 5000, 4, 1000
@@ -114,4 +114,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main()

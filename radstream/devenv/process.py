@@ -13,6 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``) end the main thread with ``SystemExit(143)``, as
+    Ctrl-C ends it with ``KeyboardInterrupt``: a script's ``finally`` blocks then stop the
+    private servers it started instead of leaving them running (for benchmark scripts)."""
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

@@ -137,6 +137,8 @@ class TritonSettings(BaseModel):
     backoff_max_s: float = Field(8.0, gt=0)
     model_repository: Path | None = Field(None, description="reference ONNX models; default docker/triton")
     wait_model_ms: float = Field(50.0, ge=0, description="time the wait_ref benchmark model waits per batch")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+                        description="where `radstream triton serve` computes: cpu (onnxruntime) or cuda[:N] (PyTorch)")
 
 
 class InferenceSettings(BaseModel):

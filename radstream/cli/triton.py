@@ -23,7 +23,7 @@ def serve() -> None:
     t = settings().triton
     run(ServeOptions(repository=t.model_repository or DEFAULT_REPOSITORY, http_port=t.http_port,
                      grpc_port=t.grpc_port, metrics_port=t.metrics_port, wait_ms=t.wait_model_ms,
-                     host="127.0.0.1" if t.host in ("localhost", "127.0.0.1") else "0.0.0.0"))
+                     host="127.0.0.1" if t.host in ("localhost", "127.0.0.1") else "0.0.0.0", device=t.device))
 
 
 @app.command()

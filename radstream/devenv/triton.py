@@ -27,6 +27,7 @@ class TritonServer:
     wait_instances: int = 4  # instances of the wait_ref model
     extra_env: dict[str, str] = field(default_factory=dict)
     model_version: int | None = None  # serve the reference models as this version (None: their own)
+    device: str = "cpu"  # where the reference models compute: cpu (onnxruntime) or cuda (PyTorch)
 
     @property
     def process(self) -> ManagedProcess:
@@ -49,6 +50,7 @@ class TritonServer:
             "--wait-instances", str(self.wait_instances),
             "--workspace", str(self.home / "workspace"),
             *(["--model-version", str(self.model_version)] if self.model_version else []),
+            "--device", self.device,
         ]
 
     def start(self, timeout: float = 180.0) -> None:

@@ -1,7 +1,8 @@
 """Serve the reference models with a real Triton Inference Server on the CPU (nvidia-pytriton).
 
-Each ONNX model from the model repository is loaded into an onnxruntime session and bound to
-Triton through pytriton; clients speak Triton's ordinary HTTP/gRPC protocols, so the same
+Each ONNX model from the model repository is loaded into an onnxruntime session (``--device cpu``,
+the default) or run on a GPU by PyTorch (``--device cuda``, :mod:`radstream.models.graph_exec`) and
+bound to Triton through pytriton; clients speak Triton's ordinary HTTP/gRPC protocols, so the same
 clients work against NVIDIA's container serving ``docker/triton`` on a GPU.
 
 Triton's Python-backend stub must find the *running* interpreter's ``libpython3.X.so``:
@@ -58,6 +59,8 @@ class ServeOptions:
     once per batch, and up to this many batches wait at the same time. With one instance, callers
     that drift out of phase wait for the batch in progress before their own."""
     ort_threads: int = 1
+    device: str = "cpu"
+    """Where the reference models compute: "cpu" (onnxruntime) or a torch device such as "cuda"."""
     start_attempts: int = 3
     """Times to start Triton when a model fails to load (pytriton's multi-instance start races on a busy CPU)."""
     workspace: Path | None = None
@@ -81,6 +84,20 @@ def _onnx_infer(
     def infer(requests: list[Any]) -> list[dict[str, np.ndarray[Any, Any]]]:
         return [{out_name: session.run([out_name], {in_name: np.asarray(r[in_name], dtype=np.float32)})[0]}
                 for r in requests]
+
+    return infer
+
+
+def _torch_infer(
+    spec: ModelSpec, model_path: Path, device: str
+) -> Callable[[list[Any]], list[dict[str, np.ndarray[Any, Any]]]]:
+    from radstream.models.graph_exec import GraphRunner, torch_backend
+
+    runner = GraphRunner(model_path, torch_backend(device))
+    in_name, out_name = spec.inputs[0].name, spec.outputs[0].name
+
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray[Any, Any]]]:
+        return [{out_name: runner.run(np.asarray(r[in_name], dtype=np.float32))} for r in requests]
 
     return infer
 
@@ -114,7 +131,8 @@ def _bind_models(triton: Any, opts: ServeOptions) -> None:
         path = opts.repository / spec.name / spec.version / "model.onnx"
         triton.bind(
             model_name=spec.name,
-            infer_func=_onnx_infer(spec, path, opts.ort_threads),
+            infer_func=(_onnx_infer(spec, path, opts.ort_threads) if opts.device == "cpu"
+                        else _torch_infer(spec, path, opts.device)),
             inputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.inputs],
             outputs=[_tensor(t.name, t.dtype, t.dims) for t in spec.outputs],
             model_version=opts.model_version or int(spec.version),
@@ -170,7 +188,8 @@ def serve(opts: ServeOptions) -> None:
             log.warning("a model failed to load (start %d of %d): %s; starting Triton again",
                         attempt, opts.start_attempts, first_line)
         else:
-            log.info("triton serving reference models on http %d / grpc %d", opts.http_port, opts.grpc_port)
+            log.info("triton serving reference models (%s) on http %d / grpc %d", opts.device, opts.http_port,
+                 opts.grpc_port)
             triton.serve()
             return
     # same pid (pid files stay valid), same arguments; Triton above has stopped and freed its ports
@@ -192,12 +211,13 @@ def main() -> None:
     ap.add_argument("--wait-instances", type=int, default=4, help="instances of the wait_ref model")
     ap.add_argument("--workspace", type=Path, default=None)
     ap.add_argument("--model-version", type=int, default=None, help="serve the reference models as this version")
+    ap.add_argument("--device", default="cpu", help="cpu (onnxruntime) or a torch device such as cuda")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serve(ServeOptions(repository=a.repository, http_port=a.http_port, grpc_port=a.grpc_port,
                        metrics_port=a.metrics_port, host=a.host, wait_ms=a.wait_ms, workspace=a.workspace,
                        wait_instances=a.wait_instances,
-                       model_version=a.model_version))
+                       model_version=a.model_version, device=a.device))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# PREPARED, NOT RUN (no GPU on the development machines).
-# Triton on a GPU (NVIDIA's container, onnxruntime backend with CUDA) serving the brain reference
+# PREPARED, NOT RUN (the lent GPU machines have no Docker: load-tests/gpu_device.sh + gpu_check.py ran there).
+# For a site with Docker and the NVIDIA runtime: Triton on a GPU (NVIDIA's container, onnxruntime backend with CUDA) serving the brain reference
 # model from docker/triton, fed through `radstream infer` with a 512x512x200 volume; compares
 # latency and throughput with the CPU pytriton server. Needs: docker with the NVIDIA runtime,
 # a running Kafka (radstream dev up or RADSTREAM_KAFKA__BOOTSTRAP_SERVERS), and .venv.

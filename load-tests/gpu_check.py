@@ -22,6 +22,7 @@ measure the GPU serving path and the transport of a large volume, not a clinical
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from confluent_kafka import KafkaException
 from radstream.consumers.inference.worker import group_id
 from radstream.consumers.operators.base import Context
 from radstream.consumers.operators.triton_infer import TritonInference
@@ -89,7 +91,7 @@ def direct(s: Settings, volume: np.ndarray, repeats: int) -> tuple[dict[str, flo
 
 
 def through_workers(s: Settings, env: dict[str, str], requests: list[InferenceRequested], workers: int,
-                    latency_n: int, truth_ml: float) -> dict[str, Any]:
+                    latency_n: int, burst_n: int, truth_ml: float) -> dict[str, Any]:
     """W ``radstream infer`` processes; sequential requests for latency, then a burst for throughput."""
     create_topics(s)
     env = {**env, "RADSTREAM_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
@@ -125,14 +127,28 @@ def through_workers(s: Settings, env: dict[str, str], requests: list[InferenceRe
         return sent
 
     try:
-        publish(workers)  # warm-up: every worker joined, connected to Triton, caches warm
-        warm = drain(workers, 300)
         group = group_id(s, PIPELINE)
         deadline = time.monotonic() + 120
-        while not ((a := assignment(s, group)) and len(a) == workers and all(a)):
+        members: list[list[int]] = []
+        while not (len(members) == workers and all(members)):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"consumer group {group} not balanced over {workers} workers: {a}")
+                raise TimeoutError(f"consumer group {group} not balanced over {workers} workers: {members}")
             time.sleep(0.3)
+            try:
+                members = assignment(s, group)
+            except KafkaException:  # the group's coordinator is not there until the first worker joins
+                members = []
+        # warm-up: requests until every worker got one (connected to Triton, caches warm), then their results
+        cold = [set(m) for m in members]
+        hit: list[int] = []
+        sent = 0
+        while cold and sent < 12 * workers:
+            req = queue.pop()
+            producer.send(topic, req.request_id, req, on_delivery=lambda err, msg: hit.append(msg.partition()))
+            producer.flush()
+            sent += 1
+            cold = [m for m in cold if not m & set(hit)]
+        warm = drain(sent, 300)
         latencies, events = [], [e for e, _ in warm.values()]
         for _ in range(latency_n):
             [(rid, t_sent)] = publish(1)
@@ -140,7 +156,7 @@ def through_workers(s: Settings, env: dict[str, str], requests: list[InferenceRe
             event, t_got = got[rid]
             latencies.append(t_got - t_sent)
             events.append(event)
-        burst = len(queue)
+        burst = min(len(queue), burst_n)
         t0 = time.perf_counter()
         publish(burst)
         got = drain(burst, 600)
@@ -162,7 +178,7 @@ def through_workers(s: Settings, env: dict[str, str], requests: list[InferenceRe
     timings = {k: round(statistics.median(e.timings_ms[k] for e in done), 1)
                for k in ("load_series", "normalise", "triton_infer", "triton_compute_ms", "connected_components",
                          "seg_writer", "total") if all(k in e.timings_ms for e in done)}
-    return {"workers": workers, "latency_s": [round(v, 3) for v in latencies],
+    return {"workers": workers, "warm_up_requests": sent, "latency_s": [round(v, 3) for v in latencies],
             "latency_s_median": round(statistics.median(latencies), 3),
             "burst_requests": burst, "burst_s": round(elapsed, 2), "throughput_per_s": round(burst / elapsed, 3),
             "stage_ms_median": timings, "lesion_ml": sorted({round(v, 4) for v in volumes}),
@@ -232,10 +248,11 @@ def main() -> None:
             # one normalised volume for the direct calls (the pipeline's window: [0, 1200] -> [0, 1])
             probe = settings_for(home / "home", kafka, next(iter(servers.values())), "probe")
             store = ContentStore(probe.store_root)
-            n_req = a.workers + a.latency + a.burst
-            per_device = {d: [request_for_study(study, root, store, b"gpu-check", pipeline=PIPELINE,
-                                                model_name=MODEL, request_id=str(uuid.uuid4()))
-                              for _ in range(n_req)] for d in devices}
+            # the series is stored once; every request names it under a request id of its own
+            first = request_for_study(study, root, store, b"gpu-check", pipeline=PIPELINE, model_name=MODEL)
+            n_req = 1 if a.direct_only else 12 * a.workers + a.latency + a.burst
+            per_device = {d: [dataclasses.replace(first, request_id=str(uuid.uuid4())) for _ in range(n_req)]
+                          for d in devices}
             from radstream.consumers.inference.chain import Chain
 
             chain = Chain(probe, load_inference_pipeline(PIPELINE), store)
@@ -252,14 +269,14 @@ def main() -> None:
                 report[d] = {"direct": res}
                 if not a.direct_only:
                     report[d]["radstream_infer"] = through_workers(s, env, per_device[d], a.workers, a.latency,
-                                                                   truth_ml)
+                                                                   a.burst, truth_ml)
                     log(f"{d} through radstream infer: {report[d]['radstream_infer']}")
             if len(outputs) > 1:
                 first, *rest = outputs.values()
                 report["outputs_equal"] = all(np.array_equal(first, o) for o in rest)
                 report["lesion_voxels"] = int(np.count_nonzero(first))
         except BaseException:
-            for f in sorted(home.rglob("*.log")):  # the temporary home goes with the run: show why here
+            for f in sorted(f for f in home.rglob("*.log") if "data" not in f.parts):  # the home goes with the run
                 lines = f.read_text(errors="replace").splitlines()[-15:]
                 print(f"--- {f.relative_to(home)} (last {len(lines)} lines)", *lines, sep="\n", file=sys.stderr)
             raise

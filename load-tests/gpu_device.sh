@@ -25,6 +25,7 @@ setup)
   [ -f .gpu/jre.tar.xz ] && tar xJf .gpu/jre.tar.xz -C "$ROOT"
   link
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  df -h /dev/shm | tail -1; nproc
   "$JAVA_HOME/bin/java" -version 2>&1 | head -1
   $PY - <<'PY'
 import sys, sysconfig, pathlib

@@ -90,6 +90,49 @@ def direct(s: Settings, volume: np.ndarray, repeats: int) -> tuple[dict[str, flo
             "triton_compute_ms_median": round(statistics.median(compute_ms), 2)}, np.asarray(out)
 
 
+def in_process(volume: np.ndarray, devices: list[str], repeats: int) -> dict[str, dict[str, float]]:
+    """The model's own compute, no server: onnxruntime on the CPU (1 thread, as served, and all cores) and
+    the torch walk on each GPU device (with and without the host<->device copies)."""
+    import onnxruntime as ort
+
+    from radstream.models.build import build_graph
+    from radstream.models.graph_exec import GraphRunner, torch_backend
+    from radstream.models.specs import BRAIN
+
+    def median_ms(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+        return round(statistics.median(times), 2)
+
+    graph = build_graph(BRAIN).SerializeToString()
+    out: dict[str, dict[str, float]] = {}
+    for threads in (1, os.cpu_count() or 1):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
+        out[f"onnxruntime_cpu_{threads}_threads"] = {
+            "ms": median_ms(lambda sess=sess: sess.run(None, {"image": volume}))}
+    for d in devices:
+        if d == "cpu":
+            continue
+        import torch
+
+        runner = GraphRunner(build_graph(BRAIN), torch_backend(d))
+        resident = runner.backend.to_device(volume)
+
+        def on_device(runner: GraphRunner = runner, resident: Any = resident) -> None:
+            runner.run_on_device(resident)
+            torch.cuda.synchronize()
+
+        out[f"torch_{d}"] = {"ms_with_copies": median_ms(lambda runner=runner: runner.run(volume)),
+                             "ms_on_device": median_ms(on_device)}
+    return out
+
+
 def through_workers(s: Settings, env: dict[str, str], requests: list[InferenceRequested], workers: int,
                     latency_n: int, burst_n: int, truth_ml: float) -> dict[str, Any]:
     """W ``radstream infer`` processes; sequential requests for latency, then a burst for throughput."""
@@ -261,6 +304,8 @@ def main() -> None:
                 op.run(ctx)
             volume = np.ascontiguousarray(ctx.model_inputs[0], dtype=np.float32)
             report["volume_shape"] = list(volume.shape)
+            report["model_compute_in_process"] = in_process(volume, devices, a.direct)
+            log(f"in-process model compute: {report['model_compute_in_process']}")
             outputs = {}
             for d, server in servers.items():
                 s = settings_for(home / "home", kafka, server, f"gpucheck{d.replace(':', '')}{uuid.uuid4().hex[:6]}")

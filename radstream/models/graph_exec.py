@@ -111,8 +111,12 @@ class GraphRunner:
         return _Node(n.op_type, tuple(n.input), tuple(n.output), to)
 
     def run(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return self.backend.to_numpy(self.run_on_device(self.backend.to_device(x)))
+
+    def run_on_device(self, x: Any) -> Any:
+        """The walk on an input already on the backend's device; the output stays there."""
         b = self.backend
-        values: dict[str, Any] = {**self._constants, self.input_name: b.to_device(x)}
+        values: dict[str, Any] = {**self._constants, self.input_name: x}
         for node in self._nodes:
             args: Sequence[Any] = [values[i] for i in node.inputs]
             if node.op == "Greater":
@@ -127,4 +131,4 @@ class GraphRunner:
             else:  # Mul
                 out = b.mul(args[0], args[1])
             values[node.outputs[0]] = out
-        return b.to_numpy(values[self.output_name])
+        return values[self.output_name]

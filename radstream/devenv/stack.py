@@ -47,7 +47,7 @@ class LocalStack:
         tr = settings.triton
         self.triton = TritonServer(
             home / "triton", http_port=tr.http_port, grpc_port=tr.grpc_port, metrics_port=tr.metrics_port,
-            repository=tr.model_repository or DEFAULT_REPOSITORY, wait_ms=tr.wait_model_ms,
+            repository=tr.model_repository or DEFAULT_REPOSITORY, wait_ms=tr.wait_model_ms, device=tr.device,
         )
         self.triton_local = tr.managed and tr.host in ("localhost", "127.0.0.1")
         self.services = Services(settings)

@@ -15,11 +15,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from pydantic import ValidationError
 
+from radstream.devenv.stack import LocalStack
 from radstream.devenv.triton import TritonServer
 from radstream.models.build import build_graph
 from radstream.models.graph_exec import NUMPY, GraphRunner, UnsupportedGraph, torch_backend
 from radstream.models.specs import REFERENCE_MODELS, ModelSpec
+from radstream.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +83,15 @@ def test_managed_server_passes_the_device_to_the_server(tmp_path: Path) -> None:
     argv = TritonServer(tmp_path, device="cuda").argv()
     assert argv[argv.index("--device") + 1] == "cuda"
     assert TritonServer(tmp_path).argv()[-2:] == ["--device", "cpu"]
+
+
+def test_dev_stack_serves_on_the_configured_device(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, triton={"device": "cuda:1"})
+    assert LocalStack(s).triton.device == "cuda:1"
+    assert LocalStack(Settings(home=tmp_path)).triton.device == "cpu"
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu; rm -rf /", ""])
+def test_settings_refuse_an_unknown_device(tmp_path: Path, device: str) -> None:
+    with pytest.raises(ValidationError, match="device"):
+        Settings(home=tmp_path, triton={"device": device})

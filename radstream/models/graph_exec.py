@@ -1,9 +1,9 @@
 """Run a reference model's ONNX graph on an accelerator with PyTorch (``radstream triton serve --device cuda``).
 
 The reference graphs use five elementwise ONNX operators (Greater, Less, Cast, Sum, Mul). On a
-GPU machine that has PyTorch with CUDA but no onnxruntime-gpu build for its CUDA (onnxruntime-gpu
-wheels are built for one CUDA major version each), :class:`GraphRunner` walks the same ONNX file
-node by node with torch tensors on the device, so pytriton serves the model from GPU memory.
+GPU machine that has PyTorch with CUDA but not onnxruntime-gpu (a 244 MiB wheel, built for one CUDA
+major version), :class:`GraphRunner` walks the same ONNX file node by node with torch tensors on
+the device, so pytriton serves the model from GPU memory.
 NVIDIA's Triton container with ``docker/triton`` (the ONNX Runtime backend) stays the production
 path; this one proves and measures the GPU path where that container cannot run.
 

@@ -1,4 +1,4 @@
-"""`radstream triton serve|build`: the reference models behind a real Triton server (CPU)."""
+"""`radstream triton serve|build`: the reference models behind a real Triton server (CPU, or a GPU)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import typer
 
 from radstream.cli.context import settings
 
-app = typer.Typer(help="Triton Inference Server with the reference models (pytriton on the CPU).",
+app = typer.Typer(help="Triton Inference Server with the reference models (pytriton; CPU, or GPU with PyTorch).",
                   no_args_is_help=True)
 
 
 @app.command()
 def serve() -> None:
-    """Run Triton in the foreground on settings.triton ports, serving the reference models."""
+    """Run Triton in the foreground on settings.triton ports, serving the reference models on
+    settings.triton.device (cpu: onnxruntime; cuda[:N]: PyTorch on that GPU)."""
     from radstream.models.build import DEFAULT_REPOSITORY
     from radstream.models.serve import ServeOptions
     from radstream.models.serve import serve as run

@@ -55,7 +55,7 @@ from radstream.synth import SynthConfig, synthesize
 from radstream.synth.requests import request_for_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from infer_scaling import assignment  # a sibling load test: the group's partition assignment
+from infer_scaling import assignment, stop_workers  # a sibling load test's group and worker helpers
 
 PIPELINE = "brain-tumour"
 MODEL = "brain_lesion_ref"
@@ -206,12 +206,7 @@ def through_workers(s: Settings, env: dict[str, str], requests: list[InferenceRe
         elapsed = max(t for _, t in got.values()) - t0
         events += [e for e, _ in got.values()]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
-        for f in logs:
-            f.close()
+        stop_workers(procs, logs)
         results.close()
     failed = [e for e in events if not isinstance(e, InferenceCompleted)]
     if failed:

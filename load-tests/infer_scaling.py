@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from radstream.consumers.inference.worker import group_id
 
@@ -63,6 +64,16 @@ def assignment(s: Settings, group: str) -> list[list[int]]:
     if d.state != ConsumerGroupState.STABLE:
         return []
     return sorted(sorted(tp.partition for tp in m.assignment.topic_partitions) for m in d.members)
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]], logs: list[Any]) -> None:
+    """SIGTERM every worker (each finishes its request and leaves the group), wait, close their logs."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+    for f in logs:
+        f.close()
 
 
 def run(replicas: int, n: int, settings: Settings, env: dict[str, str], root: Path,
@@ -123,12 +134,7 @@ def run(replicas: int, n: int, settings: Settings, env: dict[str, str], root: Pa
             raise RuntimeError(f"{len(bad)} requests failed: {bad[0]}")
         return n / elapsed, assignment(s, group)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
-        for log in logs:
-            log.close()
+        stop_workers(procs, logs)
         results.close()
 
 

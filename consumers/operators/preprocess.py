@@ -84,7 +84,9 @@ class Normalise(Operator):
             raise OperatorError("normalise: window high must exceed low")
         out = []
         for x in ctx.model_inputs:
-            y = ((np.asarray(x, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32)
+            y = np.array(x, dtype=np.float32)  # one new array (x stays as loaded), then in place
+            np.subtract(y, np.float32(lo), out=y)
+            np.divide(y, np.float32(hi - lo), out=y)
             if self.params.clip is not None:
                 np.clip(y, self.params.clip[0], self.params.clip[1], out=y)
             out.append(y)

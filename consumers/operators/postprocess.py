@@ -43,7 +43,7 @@ class ConnectedComponents(Operator):
         structure = np.ones((3,) * labels.ndim, dtype=bool)
         counts: dict[str, int] = {}
         # every component of a label lies inside that label's bounding box: label each box, not the
-        # whole volume (one pass finds them all; a 512x512x200 lesion map went from 1.4 s to a few ms)
+        # whole volume (one pass finds them all; a 512x512x200 lesion map: 1.4-2.3 s before, 0.13-0.22 s)
         for value, box in enumerate(ndimage.find_objects(labels), start=1):
             if box is None:
                 continue

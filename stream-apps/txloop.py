@@ -22,6 +22,7 @@ The shape (the same design as faust tables, without faust; see the package READM
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -40,6 +41,7 @@ from radstream.kafka.consumer import Received
 from radstream.kafka.deadletter import DeadLetters
 from radstream.kafka.producer import EventProducer
 from radstream.kafka.topics import admin
+from radstream.kafka.transient import retry_transient
 from radstream.observability import Observability
 from radstream.settings import Settings
 
@@ -60,7 +62,7 @@ class Output:
 def ensure_changelog(settings: Settings, topic: str, like: str, timeout: float = 30.0) -> int:
     """Create the compacted changelog topic with as many partitions as ``like``; returns that count."""
     client = admin(settings)
-    md = client.list_topics(timeout=timeout)
+    md = retry_transient("topic metadata", functools.partial(client.list_topics, timeout=timeout))
     if like not in md.topics:
         raise RuntimeError(f"input topic {like} does not exist (run `radstream topics create`)")
     n = len(md.topics[like].partitions)
@@ -83,7 +85,8 @@ def read_changelog(settings: Settings, topic: str, partition: int,
                   "enable.auto.commit": False, "isolation.level": "read_committed",
                   "enable.partition.eof": True, "fetch.max.bytes": 52428800})
     try:
-        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        low, high = retry_transient("changelog watermark offsets", functools.partial(
+            c.get_watermark_offsets, TopicPartition(topic, partition), timeout=min(timeout, 10.0)))
         if high <= low:
             return
         c.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
@@ -191,10 +194,14 @@ class TxLoop:
                             "instances held upstream", p, self.recovery_grace_s)
         self._stash = set()
         self.assigned |= now_assigned
-        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
-            [TopicPartition(tp.topic, tp.partition) for tp in parts], timeout=30)}
+        # a broker still starting (or a busy one) times these out for a while: ask again, not exit
+        committed = {(tp.topic, tp.partition): tp.offset for tp in retry_transient(
+            "committed offsets", lambda: consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in parts], timeout=10))}
         for tp in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            part = TopicPartition(tp.topic, tp.partition)
+            low, high = retry_transient("watermark offsets", functools.partial(
+                consumer.get_watermark_offsets, part, timeout=10))
             start = committed.get((tp.topic, tp.partition), -1)
             if high > max(start, low):
                 self._catch_up[(tp.topic, tp.partition)] = high
@@ -388,7 +395,8 @@ class TxLoop:
             self.drop(p)
             self.restore(p, read_changelog(self.settings, self.changelog, p))
         if assignment:
-            for tp in self.consumer.committed(assignment, timeout=30):
+            for tp in retry_transient("committed offsets",
+                                      lambda: self.consumer.committed(assignment, timeout=10)):
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition,
                                                   tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
 

@@ -37,7 +37,6 @@ class UnsupportedGraph(ValueError):
 class Backend:
     """How to run the five operators on one kind of array (numpy on the CPU, torch on a device)."""
 
-    name: str
     to_device: Callable[[np.ndarray[Any, Any]], Any]
     to_numpy: Callable[[Any], np.ndarray[Any, Any]]
     greater: Callable[[Any, Any], Any]
@@ -48,7 +47,7 @@ class Backend:
 
 
 NUMPY = Backend(
-    name="numpy", to_device=np.asarray, to_numpy=np.asarray, greater=np.greater, less=np.less,
+    to_device=np.asarray, to_numpy=np.asarray, greater=np.greater, less=np.less,
     cast=lambda x, to: np.asarray(x).astype(_NUMPY_TYPES[to], copy=False), add=np.add, mul=np.multiply,
 )
 
@@ -71,7 +70,7 @@ def torch_backend(device: str = "cuda") -> Backend:
     def to_numpy(t: Any) -> np.ndarray[Any, Any]:
         return np.asarray(t.cpu().numpy())
 
-    return Backend(name=f"torch:{dev}", to_device=to_device, to_numpy=to_numpy, greater=torch.gt, less=torch.lt,
+    return Backend(to_device=to_device, to_numpy=to_numpy, greater=torch.gt, less=torch.lt,
                    cast=lambda x, to: x.to(types[to]), add=torch.add, mul=torch.mul)
 
 

@@ -188,8 +188,8 @@ def serve(opts: ServeOptions) -> None:
             log.warning("a model failed to load (start %d of %d): %s; starting Triton again",
                         attempt, opts.start_attempts, first_line)
         else:
-            log.info("triton serving reference models (%s) on http %d / grpc %d", opts.device, opts.http_port,
-                 opts.grpc_port)
+            log.info("triton serving reference models (%s) on http %d / grpc %d", opts.device,
+                     opts.http_port, opts.grpc_port)
             triton.serve()
             return
     # same pid (pid files stay valid), same arguments; Triton above has stopped and freed its ports

@@ -358,6 +358,10 @@ class IngestServer:
             sha256=sha,
             store_uri=uri,
             received_at=now,
+            study_time=text(ds, "StudyTime"),
+            study_description=text(ds, "StudyDescription"),
+            institution_name=text(ds, "InstitutionName"),
+            referring_physician_name=text(ds, "ReferringPhysicianName"),
         )
 
     def _reject(

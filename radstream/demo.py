@@ -115,13 +115,16 @@ def collect(settings: Settings, studies: list[dict[str, Any]]) -> list[Row]:
                       s["timepoint"] + 1, s["study_date"])
             rows.append(row)
             res = conn.execute(
-                "SELECT result_id, status, reason FROM results WHERE study_instance_uid = %s AND pipeline = %s "
-                "AND NOT shadow ORDER BY finished_at DESC LIMIT 1",
+                "SELECT result_id, status, reason, study_date FROM results WHERE study_instance_uid = %s"
+                " AND pipeline = %s AND NOT shadow ORDER BY finished_at DESC LIMIT 1",
                 (s["study_instance_uid"], pipeline),
             ).fetchone()
             if res is None:
                 continue
-            result_id, row.status, reason = res
+            result_id, row.status, reason, stored_date = res
+            # the date the result carries (from the instances, through every step), not the truth file's
+            row.study_date = stored_date.strftime("%Y%m%d") if stored_date is not None else "-"
+            date_ok = row.study_date == s["study_date"]
             if row.status != "completed":
                 row.note = str(reason or "")[:60]
                 continue
@@ -135,8 +138,10 @@ def collect(settings: Settings, studies: list[dict[str, Any]]) -> list[Row]:
                 row.measured = {}
                 got = {side: next((f for lab, f in labels.items() if side in lab.lower()), None)
                        for side in row.expected}
-                row.ok = got == row.expected
+                row.ok = got == row.expected and date_ok
                 row.note = ", ".join(f"{side} {got[side]} (truth {row.expected[side]})" for side in row.expected)
+                if not date_ok:
+                    row.note += f"; study date {row.study_date} (truth {s['study_date']})"
                 continue
             row.expected = dict(s["truth"]["volumes_ml"])
             row.measured = {
@@ -145,8 +150,10 @@ def collect(settings: Settings, studies: list[dict[str, Any]]) -> list[Row]:
                 ).fetchall()
             }
             errors = [abs(row.measured.get(k, float("nan")) - v) / v * 100 for k, v in row.expected.items() if v]
-            row.ok = bool(errors) and all(e <= VOLUME_TOLERANCE_PCT for e in errors)
+            row.ok = bool(errors) and all(e <= VOLUME_TOLERANCE_PCT for e in errors) and date_ok
             row.note = f"max error {max(errors):.1f}%" if errors else ""
+            if not date_ok:
+                row.note += f"; study date {row.study_date} (truth {s['study_date']})"
             lon = conn.execute(
                 "SELECT change_from_baseline_pct, change_from_prior_pct, progression FROM v_longitudinal "
                 "WHERE result_id = %s ORDER BY label LIMIT 1",

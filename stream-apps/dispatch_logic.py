@@ -13,7 +13,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from radstream import __version__
-from radstream.events.models import InferenceRequested, SelectedSeries, SeriesCompleted, StudyCompleted, Trigger
+from radstream.events.models import (
+    InferenceRequested,
+    SelectedSeries,
+    SeriesCompleted,
+    StudyCompleted,
+    Trigger,
+    study_identity,
+)
 from radstream.events.serde import Codec
 from radstream.pipelines.rules import SeriesFacts, requirements_met, select
 from radstream.pipelines.spec import PipelineSpec
@@ -147,6 +154,7 @@ class DispatchState:
     def _fire(self, spec: PipelineSpec, series: list[SeriesCompleted], trigger: Trigger, source_event_id: str,
               out: Dispatch) -> None:
         first = series[0]
+        ordered = sorted(series, key=lambda s: (s.series_number or 0, s.series_instance_uid))
         signature = ",".join(sorted(f"{s.series_instance_uid}:{s.revision}" for s in series))
         fkey = (spec.name, first.patient_key, first.study_instance_uid)
         done = self.fired.setdefault(fkey, set())
@@ -158,12 +166,12 @@ class DispatchState:
                                          f"{first.study_instance_uid}|{signature}"))
         out.requests.append(InferenceRequested(
             event_id=request_id, producer=self.producer, patient_key=first.patient_key, request_id=request_id,
-            study_instance_uid=first.study_instance_uid, accession_number=first.accession_number,
+            study_instance_uid=first.study_instance_uid, **study_identity(first), modality=ordered[0].modality,
             pipeline=spec.name, pipeline_version=spec.version, model_name=spec.model.name,
             model_version=spec.model.version, shadow=spec.shadow, trigger=trigger,
             source_event_id=source_event_id, last_received_at=max(s.last_received_at for s in series),
             series=[SelectedSeries(series_instance_uid=s.series_instance_uid, revision=s.revision,
                                    modality=s.modality, series_description=s.series_description,
                                    instances=list(s.instances))
-                    for s in sorted(series, key=lambda s: (s.series_number or 0, s.series_instance_uid))],
+                    for s in ordered],
         ))

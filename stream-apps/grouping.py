@@ -28,6 +28,7 @@ from typing import Any
 
 from radstream import __version__
 from radstream.events.models import (
+    STUDY_IDENTITY_FIELDS,
     CompletionReason,
     Event,
     InstanceReceived,
@@ -35,6 +36,7 @@ from radstream.events.models import (
     SeriesCompleted,
     SeriesSummary,
     StudyCompleted,
+    study_identity,
 )
 from radstream.settings import AggregatorSettings
 
@@ -214,6 +216,20 @@ class StudyState:
     open: bool = True
     late: bool = False
     closed_at: float | None = None
+    # the rest of the study's identity (STUDY_IDENTITY_FIELDS): the first instance that has a value sets it
+    study_time: str | None = None
+    study_description: str | None = None
+    institution_name: str | None = None
+    station_name: str | None = None
+    referring_physician_name: str | None = None
+
+    def take_identity(self, ev: InstanceReceived) -> None:
+        """Fill the study-level attributes this study does not know yet from an instance of it."""
+        for name in STUDY_IDENTITY_FIELDS:
+            if getattr(self, name) is None:
+                value = getattr(ev, name)
+                if value is not None:
+                    setattr(self, name, value)
 
 
 @dataclass(slots=True)
@@ -260,6 +276,8 @@ class Aggregator:
         elif not study.open:
             study.open, study.late, study.opened_at, study.closed_at = True, True, now, None
             outcome = AddOutcome.LATE
+        if study.study_date is None or study.study_time is None or study.study_description is None:
+            study.take_identity(ev)  # new, or the instances so far lacked some
         s = p.series.get(sk)
         if s is None:
             s = p.series[sk] = SeriesState(
@@ -361,6 +379,7 @@ class Aggregator:
     # -- emission --------------------------------------------------------------------------
     def _close_series(self, p: PatientState, s: SeriesState, now: float,
                       reason: CompletionReason) -> SeriesCompleted:
+        study = p.studies[s.study_uid]
         s.revision += 1
         if s.late:
             reason = CompletionReason.LATE_DATA
@@ -379,6 +398,8 @@ class Aggregator:
             calling_ae_title=s.calling_ae_title, called_ae_title=s.called_ae_title,
             first_received_at=s.first_received_at, last_received_at=s.last_received_at,
             instances=reconstruction_order(s.instances.values()),
+            study_date=study.study_date, study_time=study.study_time, study_description=study.study_description,
+            institution_name=study.institution_name, referring_physician_name=study.referring_physician_name,
         )
 
     def _close_study(self, p: PatientState, st: StudyState, now: float,
@@ -401,8 +422,7 @@ class Aggregator:
             event_id=str(uuid.uuid5(_EVENT_NS, f"study|{p.key}|{st.study_uid}|{st.revision}")),
             occurred_at=_dt(now), producer=self.producer, patient_key=p.key,
             study_instance_uid=st.study_uid, revision=st.revision, reason=reason,
-            accession_number=st.accession_number, study_date=st.study_date,
             calling_ae_title=st.calling_ae_title, called_ae_title=st.called_ae_title,
             first_received_at=st.first_received_at, last_received_at=st.last_received_at,
-            series=summaries,
+            series=summaries, **study_identity(st),
         )

@@ -48,7 +48,8 @@ def encode_meta(p: PatientState) -> bytes:
     studies = [
         [st.study_uid, st.called_ae_title, st.calling_ae_title, st.accession_number, st.study_date,
          [list(k) for k in st.series_keys], _ms(st.first_received_at), _ms(st.last_received_at),
-         st.opened_at, st.revision, st.open, st.late, st.closed_at]
+         st.opened_at, st.revision, st.open, st.late, st.closed_at,
+         [st.study_time, st.study_description, st.institution_name, st.station_name, st.referring_physician_name]]
         for st in p.studies.values()
     ]
     return json.dumps({"v": 1, "last_seen": p.last_seen, "studies": studies}, separators=(",", ":")).encode()
@@ -76,9 +77,12 @@ def decode_instance(value: bytes) -> InstanceRef:
 
 
 def decode_study(row: list[Any]) -> StudyState:
-    (uid, called, calling, acc, date, keys, first, last, opened, rev, is_open, late, closed) = row
+    """A study of a patient record; rows written before the rest of the identity was kept have 13 items."""
+    (uid, called, calling, acc, date, keys, first, last, opened, rev, is_open, late, closed) = row[:13]
+    time, description, institution, station, referring = row[13] if len(row) > 13 else (None,) * 5
     return StudyState(uid, called, calling, acc, date, [(k[0], k[1]) for k in keys], _dt(first), _dt(last),
-                      opened, rev, is_open, late, closed)
+                      opened, rev, is_open, late, closed, study_time=time, study_description=description,
+                      institution_name=institution, station_name=station, referring_physician_name=referring)
 
 
 def decode_series(value: bytes) -> SeriesState:

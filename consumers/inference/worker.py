@@ -18,7 +18,14 @@ from radstream.consumers.inference.chain import Chain, StageError
 from radstream.consumers.operators.base import RetriableError
 
 from radstream import __version__
-from radstream.events.models import Event, InferenceCompleted, InferenceFailed, InferenceRequested, utcnow
+from radstream.events.models import (
+    Event,
+    InferenceCompleted,
+    InferenceFailed,
+    InferenceRequested,
+    study_identity,
+    utcnow,
+)
 from radstream.kafka.consumer import EventConsumer, Received
 from radstream.kafka.deadletter import DeadLetters
 from radstream.kafka.producer import EventProducer
@@ -38,6 +45,16 @@ def group_id(settings: Settings, pipeline: str) -> str:
 def result_id_for(request: InferenceRequested) -> str:
     """Stable per request, so a redelivered request yields the same result id (idempotent sinks)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"radstream:result:{request.pipeline}:{request.request_id}"))
+
+
+def result_fields(req: InferenceRequested, spec: InferencePipelineSpec) -> dict[str, object]:
+    """What a result (completed or failed) takes over from its request: ids, pipeline, the study's identity."""
+    return {
+        "producer": f"{COMPONENT}/{__version__}", "patient_key": req.patient_key, "request_id": req.request_id,
+        "study_instance_uid": req.study_instance_uid, "pipeline": spec.name, "pipeline_version": spec.version,
+        "shadow": req.shadow, "replay_id": req.replay_id, "result_id": result_id_for(req),
+        "last_received_at": req.last_received_at, **study_identity(req), "modality": req.modality,
+    }
 
 
 class InferenceWorker:
@@ -60,14 +77,6 @@ class InferenceWorker:
         self.processed = 0
 
     # -- one request -------------------------------------------------------------------------
-    def _common(self, req: InferenceRequested) -> dict[str, object]:
-        return {
-            "producer": f"{COMPONENT}/{__version__}", "patient_key": req.patient_key, "request_id": req.request_id,
-            "study_instance_uid": req.study_instance_uid, "accession_number": req.accession_number,
-            "pipeline": self.spec.name, "pipeline_version": self.spec.version, "shadow": req.shadow,
-            "replay_id": req.replay_id, "result_id": result_id_for(req), "last_received_at": req.last_received_at,
-        }
-
     def handle(self, req: InferenceRequested) -> Event:
         """Run the chain (with retries of retriable failures) and return the result event."""
         attempts = self.settings.inference.max_attempts
@@ -91,7 +100,7 @@ class InferenceWorker:
                 if k in ctx.notes:
                     timings[k] = float(ctx.notes[k])
             return InferenceCompleted(
-                **self._common(req),  # type: ignore[arg-type]
+                **result_fields(req, self.spec),  # type: ignore[arg-type]
                 model_name=self.spec.model.name, model_version=ctx.model_version or self.spec.model.version,
                 series_instance_uids=[s.series_instance_uid for s in req.series],
                 measurements=ctx.measurements, detections=ctx.detections, seg_uri=ctx.seg_uri, sr_uri=ctx.sr_uri,
@@ -102,7 +111,7 @@ class InferenceWorker:
         log.error("request %s failed at %s (%s, retriable=%s)", req.request_id, last.stage,
                   type(last.error).__name__, retriable)
         return InferenceFailed(
-            **self._common(req),  # type: ignore[arg-type]
+            **result_fields(req, self.spec),  # type: ignore[arg-type]
             model_name=self.spec.model.name, model_version=self.spec.model.version, stage=last.stage,
             reason=f"{type(last.error).__name__}: {last.error}"[:2000], retriable=retriable, attempts=attempt,
         )

@@ -11,7 +11,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from json.encoder import encode_basestring_ascii as _encode_string
 from typing import Any
 
@@ -50,7 +50,9 @@ STAGES = (
 
 PATIENT_COLS = ("patient_key",)  # written once (migration 0010); v_patients has the times
 STUDY_COLS = ("study_instance_uid", "patient_key", "accession_number", "study_date", "first_received_at",
-              "last_received_at")
+              "last_received_at", "study_time", "study_description", "institution_name", "station_name",
+              "referring_physician_name")
+_STUDY_TEXT = range(6, len(STUDY_COLS))  # the identity columns after the times: the first value known wins
 SOURCE_INSTANCE_COLS = ("sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid",
                         "store_uri", "instance_number", "position_along_normal", "received_at")
 SERIES_COLS = ("series_instance_uid", "study_instance_uid", "revision", "modality", "series_description",
@@ -62,7 +64,7 @@ RESULT_COLS = ("result_id", "event_id", "request_id", "producer", "patient_key",
                "accession_number", "pipeline", "pipeline_version", "model_name", "model_version", "shadow",
                "replay_id", "status", "stage", "reason", "retriable", "attempts", "series_instance_uids",
                "outputs", "seg_uri", "sr_uri", "blinding_hash", "timings_ms", "study_date", "started_at",
-               "finished_at", "last_received_at")
+               "finished_at", "last_received_at", "study_time", "modality")
 MEASUREMENT_COLS = ("result_id", "name", "label", "value", "unit", "event_id")
 DETECTION_COLS = ("result_id", "idx", "label", "finding", "score", "box", "sop_instance_uid", "event_id")
 
@@ -79,6 +81,21 @@ def parse_study_date(value: str | None) -> date | None:
         return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_study_time(value: str | None) -> time | None:
+    """DICOM TM (HH, HHMM, HHMMSS, HHMMSS.FFFFFF; also the old HH:MM:SS) -> time; anything else -> None."""
+    if not value:
+        return None
+    whole, _, fraction = value.strip().replace(":", "").partition(".")
+    if len(whole) not in (2, 4, 6) or not whole.isdigit() or (fraction and not fraction.isdigit()):
+        return None
+    hh, mm, ss = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
+    micro = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    if hh > 23 or mm > 59 or ss > 60:
+        return None
+    return time(hh, mm, min(ss, 59), micro)
 
 
 def _as_is(text: str) -> str:
@@ -183,7 +200,7 @@ class ResultRows:
         pk = _require(e.patient_key, "patient_key")
         study = _require(e.study_instance_uid, "study_instance_uid")
         self._patient((pk,))
-        self._study((study, pk, e.accession_number, study_date, first, e.last_received_at))
+        self._study(_study_row(e, study, pk, study_date, first))
 
     def _patient(self, row: tuple[Any, ...]) -> None:
         self.patients.append(row)
@@ -195,7 +212,8 @@ class ResultRows:
         had = one.get(row[0])
         one[row[0]] = row if had is None else (
             row[0], _least(had[1], row[1]), _greatest(had[2], row[2]), _greatest(had[3], row[3]),
-            _least(had[4], row[4]), _greatest(had[5], row[5]))
+            _least(had[4], row[4]), _greatest(had[5], row[5]),
+            *[_greatest(had[i], row[i]) for i in _STUDY_TEXT])
 
     def _series(self, row: tuple[Any, ...]) -> None:
         """Highest revision wins, NULLs last."""
@@ -255,7 +273,7 @@ class ResultRows:
             sd = parse_study_date(e.study_date)
             last = e.last_received_at
             self._patient((pk,))
-            self._study((study, pk, e.accession_number, sd, None, last))
+            self._study(_study_row(e, study, pk, sd, None))
             series = self._one[2]
             for uid in e.series_instance_uids:  # no revision: never replaces a row
                 row = (uid, study, None, None, None, None)
@@ -267,6 +285,7 @@ class ResultRows:
                 None, None, None, None, list(e.series_instance_uids),
                 _jsonb_text(outputs_json(e.measurements, e.detections)), e.seg_uri, e.sr_uri,
                 e.blinding_hash, _jsonb_text(timings_json(e.timings_ms)), sd, e.started_at, e.occurred_at, last,
+                parse_study_time(e.study_time), e.modality,
             ))
             detections = [(rid, i, d.label, d.finding, d.score, list(d.box), d.sop_instance_uid, event_id)
                           for i, d in enumerate(e.detections)]
@@ -274,13 +293,22 @@ class ResultRows:
             self.detections.extend(detections)
             self._own.setdefault((rid, event_id), (measurements, detections))  # a re-delivery is the same
         else:
-            self._patient_study(e, None, None)
+            sd = parse_study_date(e.study_date)
+            self._patient_study(e, None, sd)
             self._result_row((
                 rid, e.event_id, e.request_id, e.producer, e.patient_key, e.study_instance_uid, e.accession_number,
                 e.pipeline, e.pipeline_version, e.model_name, e.model_version, e.shadow, e.replay_id, "failed",
-                e.stage, e.reason, e.retriable, e.attempts, [], _EMPTY_JSONB, None, None, None, _EMPTY_JSONB, None,
-                None, e.occurred_at, e.last_received_at,
+                e.stage, e.reason, e.retriable, e.attempts, [], _EMPTY_JSONB, None, None, None, _EMPTY_JSONB, sd,
+                None, e.occurred_at, e.last_received_at, parse_study_time(e.study_time), e.modality,
             ))
+
+
+def _study_row(e: InferenceRequested | InferenceCompleted | InferenceFailed, study: str, patient: str,
+               study_date: date | None, first: datetime | None) -> tuple[Any, ...]:
+    """A ``studies`` row (STUDY_COLS) from any result event: the study's identity as the event carries it."""
+    return (study, patient, e.accession_number, study_date, first, e.last_received_at,
+            parse_study_time(e.study_time), e.study_description, e.institution_name, e.station_name,
+            e.referring_physician_name)
 
 
 _UPDATABLE = [c for c in RESULT_COLS if c != "result_id"]
@@ -289,19 +317,20 @@ MERGE_SQL = (
     """INSERT INTO patients (patient_key)
        SELECT DISTINCT patient_key FROM s_patients ORDER BY patient_key
        ON CONFLICT (patient_key) DO NOTHING""",
-    """INSERT INTO studies (study_instance_uid, patient_key, accession_number, study_date, first_received_at,
-                            last_received_at)
+    f"""INSERT INTO studies ({", ".join(STUDY_COLS)})
        SELECT study_instance_uid, min(patient_key), max(accession_number), max(study_date), min(first_received_at),
-              max(last_received_at)
+              max(last_received_at), {", ".join(f"max({c})" for c in STUDY_COLS[6:])}
        FROM s_studies GROUP BY study_instance_uid ORDER BY study_instance_uid
        ON CONFLICT (study_instance_uid) DO UPDATE SET
            accession_number = COALESCE(studies.accession_number, EXCLUDED.accession_number),
            study_date = COALESCE(EXCLUDED.study_date, studies.study_date),
            first_received_at = LEAST(studies.first_received_at, EXCLUDED.first_received_at),
            last_received_at = GREATEST(studies.last_received_at, EXCLUDED.last_received_at),
+           {", ".join(f"{c} = COALESCE(studies.{c}, EXCLUDED.{c})" for c in STUDY_COLS[6:])},
            updated_at = now()
        WHERE (studies.accession_number IS NULL AND EXCLUDED.accession_number IS NOT NULL)
           OR (EXCLUDED.study_date IS NOT NULL AND EXCLUDED.study_date IS DISTINCT FROM studies.study_date)
+          {" ".join(f"OR (studies.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in STUDY_COLS[6:])}
           OR (EXCLUDED.first_received_at IS NOT NULL
               AND (studies.first_received_at IS NULL OR EXCLUDED.first_received_at < studies.first_received_at))
           OR EXCLUDED.last_received_at > studies.last_received_at""",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from operator import attrgetter
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, TypedDict
 
 
 def new_event_id() -> str:
@@ -198,6 +198,10 @@ class InstanceReceived(Event):
     sha256: str
     store_uri: str
     received_at: datetime
+    study_time: str | None = None
+    study_description: str | None = None
+    institution_name: str | None = None
+    referring_physician_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -226,6 +230,11 @@ class SeriesCompleted(Event):
     first_received_at: datetime
     last_received_at: datetime
     instances: list[InstanceRef]
+    study_date: str | None = None
+    study_time: str | None = None
+    study_description: str | None = None
+    institution_name: str | None = None
+    referring_physician_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -247,6 +256,11 @@ class StudyCompleted(Event):
     first_received_at: datetime
     last_received_at: datetime
     series: list[SeriesSummary]
+    study_time: str | None = None
+    study_description: str | None = None
+    institution_name: str | None = None
+    station_name: str | None = None
+    referring_physician_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -276,6 +290,12 @@ class InferenceRequested(_RequestFields):
     last_received_at: datetime
     series: list[SelectedSeries]
     study_date: str | None = None
+    study_time: str | None = None
+    study_description: str | None = None
+    modality: str | None = None
+    institution_name: str | None = None
+    station_name: str | None = None
+    referring_physician_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -293,6 +313,12 @@ class InferenceCompleted(_RequestFields):
     started_at: datetime
     last_received_at: datetime
     study_date: str | None = None
+    study_time: str | None = None
+    study_description: str | None = None
+    modality: str | None = None
+    institution_name: str | None = None
+    station_name: str | None = None
+    referring_physician_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -304,6 +330,13 @@ class InferenceFailed(_RequestFields):
     retriable: bool
     attempts: int
     last_received_at: datetime
+    study_date: str | None = None
+    study_time: str | None = None
+    study_description: str | None = None
+    modality: str | None = None
+    institution_name: str | None = None
+    station_name: str | None = None
+    referring_physician_name: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -356,6 +389,51 @@ class DeadLetter(Event):
     error_type: str
     error: str
     component: str
+
+
+class StudyIdentity(TypedDict):
+    """The study-level attributes every event from InstanceReceived to the result carries, so that a
+    result knows its study's date and time (longitudinal order), description and origin without
+    reading the DICOM files again. DICOM text as received; None where not sent. Each step copies
+    them with :func:`study_identity`."""
+
+    accession_number: str | None
+    study_date: str | None
+    study_time: str | None
+    study_description: str | None
+    institution_name: str | None
+    station_name: str | None
+    referring_physician_name: str | None
+
+
+STUDY_IDENTITY_FIELDS: tuple[str, ...] = tuple(StudyIdentity.__annotations__)
+
+
+class HasStudyIdentity(Protocol):
+    """Anything with the study identity's attributes (the events, the aggregator's study state)."""
+
+    @property
+    def accession_number(self) -> str | None: ...
+    @property
+    def study_date(self) -> str | None: ...
+    @property
+    def study_time(self) -> str | None: ...
+    @property
+    def study_description(self) -> str | None: ...
+    @property
+    def institution_name(self) -> str | None: ...
+    @property
+    def station_name(self) -> str | None: ...
+    @property
+    def referring_physician_name(self) -> str | None: ...
+
+
+def study_identity(event: HasStudyIdentity) -> StudyIdentity:
+    """The study-level attributes of an event, by field name."""
+    return StudyIdentity(
+        accession_number=event.accession_number, study_date=event.study_date, study_time=event.study_time,
+        study_description=event.study_description, institution_name=event.institution_name,
+        station_name=event.station_name, referring_physician_name=event.referring_physician_name)
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

@@ -47,4 +47,5 @@ def request_for_study(study: dict[str, Any], root: Path, store: ContentStore, si
         accession_number=study["accession_number"], pipeline=pipeline, pipeline_version="1",
         model_name=model_name, model_version=model_version, trigger=Trigger.MANUAL,
         source_event_id=str(uuid.uuid4()), last_received_at=now, series=series,
+        study_date=study.get("study_date"), modality=series[0].modality if series else None,
     )

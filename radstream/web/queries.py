@@ -77,7 +77,9 @@ def result(conn: psycopg.Connection[Any], result_id: str) -> dict[str, Any] | No
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT r.*, COALESCE(r.accession_number, s.accession_number) AS accession,
-                      COALESCE(r.study_date, s.study_date) AS date
+                      COALESCE(r.study_date, s.study_date) AS date,
+                      COALESCE(r.study_time, s.study_time) AS time,
+                      s.study_description, s.institution_name, s.station_name
                FROM results r LEFT JOIN studies s USING (study_instance_uid)
                WHERE r.result_id = %s""", (clean(result_id),))
         return cur.fetchone()

@@ -9,6 +9,7 @@ test sessions. The processes are the real ones (``python -m radstream.cli <subco
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class StackConfig:
     topic_prefix: str = "bench"
     pipelines: tuple[str, ...] = ("brain-tumour", "liver", "hip-fracture")
     triton_wait_ms: float = 0.0
+    web: bool = False  # also the review app and the feedback sink (scenario tests read the pages)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -47,6 +49,8 @@ class BenchStack:
         self.triton = TritonServer(self.home / "triton", http_port=free_port(), grpc_port=free_port(),
                                    metrics_port=free_port(), wait_ms=self.config.triton_wait_ms)
         self.dicom_port = free_port()
+        self.web_port = free_port()
+        self.session_secret = secrets.token_urlsafe(32)  # the review app's, private to this stack
         self.settings = Settings.model_validate(self._settings_values())
         self.services = Services(self.settings)
         self.specs: dict[str, ServiceSpec] = {}
@@ -101,17 +105,19 @@ class BenchStack:
             "RADSTREAM_AGGREGATOR__TIMER_INTERVAL_S": "0.5",
             "RADSTREAM_SINKS__POLL_TIMEOUT_S": "0.2",
             "RADSTREAM_OBSERVABILITY__PORTS": NO_METRICS,
-            "RADSTREAM_WEB__PORT": str(free_port()),
+            "RADSTREAM_WEB__PORT": str(self.web_port),
+            "RADSTREAM_WEB__HOST": "127.0.0.1",
+            "RADSTREAM_WEB__SESSION_SECRET": self.session_secret,
         }
         env.update(self.config.extra_env)
         return env
 
     def service_specs(self) -> list[ServiceSpec]:
-        """The pipeline's processes (no web app), every metrics port off."""
+        """The pipeline's processes (the web app and the feedback sink only with ``web``), metrics ports off."""
         env = self.env()
         out = []
         for spec in radstream_services(self.settings, env):
-            if spec.name in ("web", "sink-feedback"):
+            if spec.name in ("web", "sink-feedback") and not self.config.web:
                 continue
             out.append(ServiceSpec(spec.name, spec.args, {**spec.env, "RADSTREAM_OBSERVABILITY__PORTS": NO_METRICS}))
         return out
@@ -155,8 +161,14 @@ class BenchStack:
             log.rename(log.with_suffix(".failed-start.log"))
             self.triton.start()
 
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
     def wait_ready(self, timeout: float = 120.0) -> None:
         wait_until(lambda: port_open("127.0.0.1", self.dicom_port), timeout, what="the SCP to listen")
+        if self.config.web:
+            wait_until(lambda: port_open("127.0.0.1", self.web_port), timeout, what="the review app to listen")
         for name in self.specs:
             if not self.services.process(name).running():
                 raise RuntimeError(f"{name} exited; see {self.services.process(name).log_file}")

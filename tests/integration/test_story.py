@@ -1,0 +1,303 @@
+"""The clinical story through the real chain, driven only from outside.
+
+One private stack for the module (Kafka, PostgreSQL, Triton, and every radstream process as
+real processes: SCP, aggregator, dispatcher, workers, both sinks, the review app). Data goes in
+only by C-STORE (``radstream send`` and dcmtk's ``storescu``); what is checked is only what a
+user sees: the review app's pages over HTTP (signed in with accounts made by ``radstream users
+add``), the SQL views a dashboard reads, and the results topic read by an independent consumer.
+No event is built by hand and no writer is called here.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from radstream.bench.stack import BenchStack, StackConfig
+from radstream.db.connect import connect
+from tests.waiting import eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.dicom,
+              pytest.mark.timeout(900)]
+
+PASSWORD = "story-Passw0rd-long"
+THRESHOLD_PCT = 25.0  # the brain pipeline's progression threshold (settings default)
+VOLUME_TOLERANCE_PCT = 2.0
+
+
+@dataclass
+class Study:
+    kind: str
+    timepoint: int
+    study_date: str  # YYYYMMDD as the files carry it
+    study_uid: str
+    accession: str
+    folder: Path
+    truth: dict[str, Any]
+
+    @property
+    def iso_date(self) -> str:
+        d = self.study_date
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+
+
+def _studies(root: Path) -> list[Study]:
+    from radstream.synth.generate import load_truth
+
+    out = []
+    for s in load_truth(root)["studies"]:
+        folders = {(root / f).parent for se in s["series"] for f in se["files"]}
+        assert len(folders) == 1
+        out.append(Study(s["kind"], s["timepoint"], s["study_date"], s["study_instance_uid"], s["accession_number"],
+                         folders.pop(), s["truth"]))
+    return sorted(out, key=lambda s: (s.kind, s.timepoint, s.accession))
+
+
+@pytest.fixture(scope="module")
+def exams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Study]]:
+    from radstream.synth.generate import SynthConfig, synthesize
+
+    brain, hip = tmp_path_factory.mktemp("story-brain"), tmp_path_factory.mktemp("story-hip")
+    synthesize(brain, SynthConfig(seed=1601, brain_patients=1, liver_patients=0, hip_patients=0, timepoints=4,
+                                  mr_shape=(24, 64, 64)))
+    synthesize(hip, SynthConfig(seed=1602, brain_patients=0, liver_patients=0, hip_patients=2, timepoints=1,
+                                dx_size=(256, 256), dx_images=2))
+    return {"brain": _studies(brain), "hip": _studies(hip)}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchStack]:
+    st = BenchStack(tmp_path_factory.mktemp("story-stack"),
+                    StackConfig(series_quiet_s=3.0, patient_quiet_s=4.0, topic_prefix="story",
+                                pipelines=("brain-tumour", "hip-fracture"), web=True))
+    try:
+        st.up()
+        for name, role in (("reader1", "reader"), ("qc1", "qc")):
+            _cli(st, "users", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+        yield st
+    finally:
+        st.down()
+
+
+def _cli(stack: BenchStack, *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run([sys.executable, "-m", "radstream.cli", *args], env={**os.environ, **stack.env()},
+                         input=stdin, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def _send(stack: BenchStack, study: Study, *, with_dcmtk: bool = False) -> None:
+    if with_dcmtk:
+        storescu = shutil.which("storescu")
+        assert storescu, "dcmtk's storescu is needed (scripts/bootstrap.sh installs it)"
+        files = sorted(str(p) for p in study.folder.glob("*.dcm"))
+        out = subprocess.run([storescu, "-aet", "MR01", "-aec", "RADSTREAM", "127.0.0.1", str(stack.dicom_port),
+                              *files], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+    else:
+        _cli(stack, "send", str(study.folder), "--aet", "MR01", "--no-progress")
+
+
+def _view(stack: BenchStack, sql: str, *params: object) -> list[dict[str, Any]]:
+    from psycopg.rows import dict_row
+
+    with connect(stack.settings, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return list(cur.fetchall())
+
+
+class Browser:
+    """A signed-in user of the review app over HTTP: cookies, CSRF tokens from the forms, as a browser."""
+
+    def __init__(self, base_url: str, username: str) -> None:
+        self.http = httpx.Client(base_url=base_url, follow_redirects=True, timeout=30)
+        page = self.http.get("/login")
+        r = self.http.post("/login", data={"username": username, "password": PASSWORD, "next": "",
+                                           "csrf_token": _csrf(page.text)})
+        assert r.status_code == 200 and "/login" not in str(r.url), (r.status_code, r.text[:500])
+
+    def get(self, path: str) -> httpx.Response:
+        return self.http.get(path)
+
+    def submit(self, path: str, fields: dict[str, str]) -> httpx.Response:
+        form = self.http.get(path)
+        assert form.status_code == 200, form.status_code
+        return self.http.post(path, data={**fields, "csrf_token": _csrf(form.text)})
+
+
+def _csrf(page: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert m, page[:500]
+    return m.group(1)
+
+
+def _cells(page: str, table_id: str) -> list[list[str]]:
+    """The text of each body row's cells of one table of a page."""
+    m = re.search(rf'<table[^>]*id="{table_id}".*?<tbody>(.*?)</tbody>', page, re.S)
+    assert m, f"no table {table_id}"
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", m.group(1), re.S)
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
+            for r in rows]
+
+
+def _brain_rows(stack: BenchStack) -> list[dict[str, Any]]:
+    return _view(stack, "SELECT * FROM v_longitudinal WHERE pipeline = 'brain-tumour' AND measurement = 'volume'"
+                        " ORDER BY timepoint")
+
+
+def _wait_rows(stack: BenchStack, n: int, what: str) -> None:
+    eventually(lambda: len(_brain_rows(stack)) == n, 120, what=what)
+
+
+def _results_topic(stack: BenchStack) -> list[Any]:
+    from radstream.events.codec import codec_for
+    from radstream.kafka.read_to_end import read_to_end
+
+    codec = codec_for(stack.settings)
+    return [codec.decode(m.value()) for m in read_to_end(stack.settings, [stack.settings.topic("results")],
+                                                          timeout=30, client_id="story-reader")
+            if m.value() is not None]
+
+
+def _check_longitudinal(rows: list[dict[str, Any]], arrived: list[Study]) -> None:
+    """Baseline, priors, changes and progression as the study dates (not the arrival order) give them."""
+    by_date = sorted(arrived, key=lambda s: s.study_date)
+    assert [r["study_instance_uid"] for r in rows] == [s.study_uid for s in by_date]
+    assert [r["study_date"] for r in rows] == [date.fromisoformat(s.iso_date) for s in by_date]
+    assert all(r["ordered_by"] == "study_date" for r in rows)
+    assert all(r["study_description"] for r in rows)
+    base = rows[0]["volume_ml"]
+    for i, (r, s) in enumerate(zip(rows, by_date, strict=True)):
+        truth = s.truth["volumes_ml"]["lesion"]
+        assert abs(r["volume_ml"] - truth) <= truth * VOLUME_TOLERANCE_PCT / 100, (r["volume_ml"], truth)
+        assert r["timepoint"] == i + 1 and r["baseline_study_instance_uid"] == by_date[0].study_uid
+        if i == 0:
+            assert r["prior_study_instance_uid"] is None and r["progression"] is False
+            continue
+        assert r["prior_study_instance_uid"] == by_date[i - 1].study_uid
+        assert r["change_from_baseline_pct"] == pytest.approx(100.0 * (r["volume_ml"] - base) / base)
+        assert r["change_from_prior_ml"] == pytest.approx(r["volume_ml"] - rows[i - 1]["volume_ml"])
+        assert r["progression"] is (100.0 * (r["volume_ml"] - base) / base > THRESHOLD_PCT)
+
+
+def test_brain_timepoints_sent_out_of_order_are_ordered_by_study_date(
+    stack: BenchStack, exams: dict[str, list[Study]]
+) -> None:
+    brain = exams["brain"]
+    assert len(brain) == 4 and len({s.study_date for s in brain}) == 4
+    arrived: list[Study] = []
+    for index in (2, 0, 3, 1):  # the 3rd, the 1st, the 4th, the 2nd
+        study = brain[index]
+        _send(stack, study, with_dcmtk=index == 0)
+        arrived.append(study)
+        _wait_rows(stack, len(arrived), f"the brain result of timepoint {index + 1}")
+        _check_longitudinal(_brain_rows(stack), arrived)
+
+    rows = _brain_rows(stack)
+    assert any(r["progression"] for r in rows[1:]), "the synthetic lesion grows past the threshold"
+
+    # the result topic, read by a consumer of our own, carries each study's date and description
+    results = {e.study_instance_uid: e for e in _results_topic(stack) if e.pipeline == "brain-tumour"}
+    for s in brain:
+        assert results[s.study_uid].study_date == s.study_date
+        assert results[s.study_uid].study_description
+
+    # the reader's pages
+    reader = Browser(stack.web_url, "reader1")
+    worklist = reader.get("/worklist?pipeline=brain-tumour")
+    assert worklist.status_code == 200
+    cells = _cells(worklist.text, "worklist")
+    for s in brain:
+        row = next(c for c in cells if s.accession in c)
+        assert s.iso_date in row, row
+        assert rows[0]["study_description"] in row, row
+
+    latest = rows[-1]
+    page = reader.get(f"/results/{latest['result_id']}")
+    assert page.status_code == 200
+    by_date = sorted(brain, key=lambda s: s.study_date)
+    assert by_date[-1].iso_date in re.search(r'id="study-date">(.*?)</dd>', page.text, re.S).group(1)  # type: ignore[union-attr]
+    priors = _cells(page.text, "priors-1")
+    assert [c[1] for c in priors] == [s.iso_date for s in by_date]
+    assert [c[0] for c in priors] == ["1", "2", "3", "4"]
+    # the plot's x axis is the study date: the points' dates in order, spaced by the days between them
+    points = re.findall(r'<circle class="point" cx="([\d.]+)"[^>]*><title>(\d{4}-\d\d-\d\d):', page.text)
+    assert [d for _, d in points] == [s.iso_date for s in by_date]
+    xs = [float(x) for x, _ in points]
+    days = [date.fromisoformat(d).toordinal() for _, d in points]
+    for i in range(1, len(xs)):
+        assert (xs[i] - xs[0]) / (xs[-1] - xs[0]) == pytest.approx((days[i] - days[0]) / (days[-1] - days[0]),
+                                                                   abs=0.01)
+    _screenshot(stack, f"/results/{latest['result_id']}", reader)
+
+
+def _screenshot(stack: BenchStack, path: str, reader: Browser) -> None:
+    """The brain result page in headless Chromium, signed in with the reader's session cookie."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    chromium = os.environ.get("RADSTREAM_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists():
+        pytest.skip(f"no Chromium at {chromium}")
+    shots = Path(__file__).resolve().parents[2] / "reports" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    cookies = [{"name": c.name, "value": c.value or "", "url": stack.web_url} for c in reader.http.cookies.jar]
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            ctx = browser.new_context(viewport={"width": 1200, "height": 1400})
+            ctx.add_cookies(cookies)  # type: ignore[arg-type]
+            tab = ctx.new_page()
+            tab.goto(stack.web_url + path)
+            dates = tab.locator("#priors-1 td.tp-date").all_inner_texts()
+            assert dates == sorted(dates) and len(dates) == 4
+            tab.screenshot(path=str(shots / "story_brain_longitudinal.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_hip_results_reach_readers_only_after_qc_approval(stack: BenchStack, exams: dict[str, list[Study]]) -> None:
+    approved, rejected = exams["hip"]
+    for s in (approved, rejected):
+        _cli(stack, "send", str(s.folder), "--aet", "DX01", "--no-progress")
+
+    def hip() -> dict[str, dict[str, Any]]:
+        return {r["study_instance_uid"]: r for r in _view(
+            stack, "SELECT * FROM v_worklist WHERE pipeline = 'hip-fracture'")}
+
+    eventually(lambda: len(hip()) == 2, 180, what="both hip results")
+    rows = hip()
+    assert {r["qc_status"] for r in rows.values()} == {"pending"}
+    ok_id, bad_id = rows[approved.study_uid]["result_id"], rows[rejected.study_uid]["result_id"]
+
+    reader = Browser(stack.web_url, "reader1")
+    assert approved.accession not in reader.get("/worklist").text
+    assert reader.get(f"/results/{ok_id}").status_code in (403, 404)  # not before QC
+
+    qc = Browser(stack.web_url, "qc1")
+    queue = qc.get("/qc").text
+    assert approved.accession in queue and rejected.accession in queue
+    assert qc.submit(f"/qc/{ok_id}", {"decision": "APPROVED", "reason": ""}).status_code == 200
+    assert qc.submit(f"/qc/{bad_id}", {"decision": "REJECTED", "reason": "wrong side marker"}).status_code == 200
+
+    eventually(lambda: {r["qc_status"] for r in hip().values()} == {"approved", "rejected"}, 60,
+               what="the QC decisions stored by the feedback sink")
+    worklist = reader.get("/worklist").text
+    assert approved.accession in worklist and rejected.accession not in worklist
+    assert reader.get(f"/results/{ok_id}").status_code == 200
+    # the rejected exam stays out of reach, also by deep links
+    assert reader.get(f"/results/{bad_id}").status_code in (403, 404)
+    for link in (f"/studies/{rejected.study_uid}", f"/accession/{rejected.accession}"):
+        r = reader.get(link)
+        assert bad_id not in r.text and f"/results/{bad_id}" not in str(r.url), link

@@ -47,7 +47,7 @@ def worklist(conn: psycopg.Connection[Any], username: str, f: WorklistFilter, *,
                       FROM results r JOIN series se ON se.series_instance_uid = ANY(r.series_instance_uids)
                      WHERE r.result_id = w.result_id) AS series_descriptions
             FROM v_worklist w
-            WHERE (NOT %(readers_only)s OR w.visible_to_readers)
+            WHERE (NOT %(readers_only)s OR w.visible_to_readers) AND w.superseded_by_result_id IS NULL
         ) x
         WHERE (%(pipeline)s::text IS NULL OR x.pipeline = %(pipeline)s)
           AND (%(status)s::text IS NULL OR x.my_status = %(status)s)
@@ -108,8 +108,11 @@ def detections(conn: psycopg.Connection[Any], result_id: str) -> list[dict[str, 
 
 def longitudinal(conn: psycopg.Connection[Any], patient_key: str, pipeline: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("""SELECT * FROM v_longitudinal WHERE patient_key = %s AND pipeline = %s
-                       ORDER BY measurement, label, timepoint""", (patient_key, pipeline))
+        cur.execute("""SELECT l.*, c.corrected_volume_ml, c.corrected_by, c.corrected_at
+                       FROM v_longitudinal l LEFT JOIN v_corrections c
+                         ON c.result_id = l.result_id AND c.measurements_ml = 1
+                       WHERE l.patient_key = %s AND l.pipeline = %s
+                       ORDER BY l.measurement, l.label, l.timepoint""", (patient_key, pipeline))
         return list(cur.fetchall())
 
 
@@ -145,7 +148,7 @@ def claim(conn: psycopg.Connection[Any], result_id: str, username: str) -> None:
 def qc_queue(conn: psycopg.Connection[Any], qc_status: str | None, pipeline: str | None) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            """SELECT * FROM v_worklist WHERE qc_required
+            """SELECT * FROM v_worklist WHERE qc_required AND superseded_by_result_id IS NULL
                  AND (%(s)s::text IS NULL OR qc_status = %(s)s) AND (%(p)s::text IS NULL OR pipeline = %(p)s)
                ORDER BY (qc_status = 'pending') DESC, stored_at LIMIT 500""",
             {"s": clean(qc_status) or None, "p": clean(pipeline) or None})

@@ -205,6 +205,7 @@ def routes(web: Web) -> list[Route]:
     def _deep(request: Request, rows: list[dict[str, Any]], user: User, what: str) -> Response:
         if user.role == "reader":
             rows = [r for r in rows if r["visible_to_readers"]]
+        rows = [r for r in rows if not r["superseded_by_result_id"]] or rows  # the current result of each pipeline
         if not rows:
             raise HTTPException(404, f"no results for this {what} yet")
         if len(rows) == 1:

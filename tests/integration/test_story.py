@@ -11,6 +11,7 @@ No event is built by hand and no writer is called here.
 from __future__ import annotations
 
 import html
+import io
 import os
 import re
 import shutil
@@ -74,7 +75,10 @@ def exams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Study]]:
                                   mr_shape=(24, 64, 64)))
     synthesize(hip, SynthConfig(seed=1602, brain_patients=0, liver_patients=0, hip_patients=2, timepoints=1,
                                 dx_size=(256, 256), dx_images=2))
-    return {"brain": _studies(brain), "hip": _studies(hip)}
+    late = tmp_path_factory.mktemp("story-late")
+    synthesize(late, SynthConfig(seed=1603, brain_patients=1, liver_patients=0, hip_patients=0, timepoints=1,
+                                 mr_shape=(24, 64, 64)))
+    return {"brain": _studies(brain), "hip": _studies(hip), "late": _studies(late)}
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +305,128 @@ def test_hip_results_reach_readers_only_after_qc_approval(stack: BenchStack, exa
     for link in (f"/studies/{rejected.study_uid}", f"/accession/{rejected.accession}"):
         r = reader.get(link)
         assert bad_id not in r.text and f"/results/{bad_id}" not in str(r.url), link
+
+
+def test_late_instances_amend_the_result_and_the_worklist_shows_it_once(
+    stack: BenchStack, exams: dict[str, list[Study]]
+) -> None:
+    (study,) = exams["late"]
+    files = sorted(study.folder.glob("*.dcm"))
+    assert len(files) == 24
+    _cli(stack, "send", *map(str, files[:18]), "--aet", "MR02", "--no-progress")
+
+    def results() -> list[dict[str, Any]]:
+        return _view(stack, "SELECT * FROM v_worklist WHERE study_instance_uid = %s ORDER BY stored_at",
+                     study.study_uid)
+
+    eventually(lambda: len(results()) == 1, 120, what="the result of the partial series")
+    (first,) = results()
+    # the rest of the series arrives after its result exists (a re-send, late images)
+    _cli(stack, "send", *map(str, files[18:]), "--aet", "MR02", "--no-progress")
+    eventually(lambda: len(results()) == 2, 120, what="the amended result")
+    old, new = results()
+    assert old["result_id"] == first["result_id"]
+    assert old["superseded_by_result_id"] == new["result_id"] and new["amends_result_id"] == old["result_id"]
+    assert new["superseded_by_result_id"] is None
+
+    # the amended result is the one that stands: on the longitudinal view, with the whole series' volume
+    (tp,) = _view(stack, "SELECT * FROM v_longitudinal WHERE study_instance_uid = %s AND measurement = 'volume'",
+                  study.study_uid)
+    truth = study.truth["volumes_ml"]["lesion"]
+    assert tp["result_id"] == new["result_id"]
+    assert abs(tp["volume_ml"] - truth) <= truth * VOLUME_TOLERANCE_PCT / 100
+
+    reader = Browser(stack.web_url, "reader1")
+    worklist = reader.get("/worklist").text
+    assert sum(study.accession in " ".join(row) for row in _cells(worklist, "worklist")) == 1
+    assert new["result_id"] in worklist and old["result_id"] not in worklist
+    page = reader.get(f"/results/{new['result_id']}").text
+    assert 'id="amended"' in page and "Amended result" in page
+    before = reader.get(f"/results/{old['result_id']}").text
+    assert 'id="superseded"' in before and f"/results/{new['result_id']}" in before
+    # a PACS button's deep link opens the current result
+    r = reader.get(f"/studies/{study.study_uid}")
+    assert r.status_code == 200 and str(r.url).endswith(f"/results/{new['result_id']}")
+
+    # a reader corrects the amended result's segmentation in a tool of theirs and uploads it (a 400-voxel block)
+    seg, expected_ml = _corrected_seg(study.folder)
+    form = reader.get(f"/results/{new['result_id']}").text
+    r = reader.http.post(f"/results/{new['result_id']}/feedback",
+                         data={"csrf_token": _csrf(form), "f0_agree": "disagree", "comment": "lesion redrawn"},
+                         files={"seg_file": ("corrected.dcm", seg, "application/dicom")})
+    assert r.status_code == 200, r.text[:500]
+
+    def correction() -> list[str]:
+        page = reader.get(f"/results/{new['result_id']}").text
+        priors = _cells(page, "priors-1")
+        return priors[0] if priors and "by " in priors[0][4] else []  # #, date, accession, volume, corrected
+
+    eventually(lambda: bool(correction()), 60, what="the corrected volume on the page")
+    row = correction()
+    corrected = float(row[4].split()[0])
+    assert corrected == pytest.approx(expected_ml, rel=0.01)
+    assert "by reader1" in row[4] and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[4])
+    assert float(row[3]) == pytest.approx(tp["volume_ml"], abs=0.01)  # the model's volume stays beside it
+    (c,) = _view(stack, "SELECT * FROM v_corrections WHERE result_id = %s", new["result_id"])
+    assert c["corrected_by"] == "reader1" and c["corrected_volume_ml"] == pytest.approx(expected_ml, rel=0.01)
+
+
+def _corrected_seg(folder: Path) -> tuple[bytes, float]:
+    """A DICOM SEG of the series in ``folder`` (as a segmentation tool writes it) and its volume in mL."""
+    import highdicom as hd
+    import numpy as np
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    sources = sorted((pydicom.dcmread(p) for p in folder.glob("*.dcm")),
+                     key=lambda d: float(d.ImagePositionPatient[2]))
+    mask = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), dtype=bool)
+    mask[10:14, 20:30, 20:30] = True
+    dy, dx = (float(v) for v in sources[0].PixelSpacing)
+    dz = abs(float(sources[1].ImagePositionPatient[2]) - float(sources[0].ImagePositionPatient[2]))
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[hd.seg.SegmentDescription(
+            segment_number=1, segment_label="lesion",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)],
+        series_instance_uid=hd.UID(), series_number=901, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="story-test", manufacturer_model_name="hand correction", software_versions="1",
+        device_serial_number="1", series_description="corrected lesion")
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    return buf.getvalue(), 400 * dx * dy * dz / 1000.0
+
+
+def test_report_figures_match_what_the_story_did(stack: BenchStack, exams: dict[str, list[Study]]) -> None:
+    """`radstream report` after the scenarios above (it reads what they sent and did; run the module whole)."""
+    import csv
+
+    import numpy as np
+
+    out = stack.home / "story-report.csv"
+    _cli(stack, "report", "--csv", str(out))
+    report = {r["pipeline"]: r for r in csv.DictReader(out.open())}
+    brain = report["brain-tumour"]
+    studies = {s.study_uid for s in exams["brain"] + exams["late"]}
+    assert int(brain["exams_received"]) == len(studies) == 5
+    assert int(brain["exams_processed"]) == 5 and int(brain["exams_failed"]) == 0
+    rows = _view(stack, "SELECT * FROM v_worklist WHERE pipeline = 'brain-tumour'")
+    assert int(brain["results"]) == len(rows) == 6  # the late study's first result and its amendment
+    # turnaround from the real timestamps: the last instance's arrival (as the results topic carries it)
+    # to the result stored (the worklist view)
+    topic = {e.result_id: e for e in _results_topic(stack) if e.pipeline == "brain-tumour"}
+    turnaround = []
+    for r in rows:
+        assert topic[r["result_id"]].last_received_at == r["last_received_at"]
+        turnaround.append((r["stored_at"] - r["last_received_at"]).total_seconds())
+    assert all(0 < t < 120 for t in turnaround), turnaround
+    assert float(brain["turnaround_s_mean"]) == pytest.approx(float(np.mean(turnaround)), abs=1e-3)
+    assert float(brain["turnaround_s_p50"]) == pytest.approx(float(np.percentile(turnaround, 50)), abs=1e-3)
+    assert float(brain["turnaround_s_p90"]) == pytest.approx(float(np.percentile(turnaround, 90)), abs=1e-3)
+    # one review (the corrected SEG), one finding judged, in disagreement
+    assert int(brain["reviews_done"]) == 1 and int(brain["results_reviewed"]) == 1
+    assert int(brain["findings_judged"]) == 1 and float(brain["agreement_pct"]) == 0.0
+    assert 0 <= float(brain["review_time_s_mean"]) < 300
+    hip = report["hip-fracture"]
+    assert int(hip["exams_received"]) == 2 and int(hip["exams_processed"]) == 2 and int(hip["reviews_done"]) == 0

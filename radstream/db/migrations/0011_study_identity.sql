@@ -104,7 +104,7 @@ LEFT JOIN pipelines p ON p.name = o.pipeline;
 CREATE VIEW v_longitudinal_latest AS
 SELECT * FROM v_longitudinal WHERE is_latest;
 
--- The worklist with the study's identity.
+-- The worklist with the study's identity and which result amends which.
 CREATE OR REPLACE VIEW v_worklist AS
 SELECT
     r.result_id,
@@ -144,7 +144,10 @@ SELECT
     r.modality,
     s.institution_name,
     s.station_name,
-    (COALESCE(r.study_date, s.study_date) IS NOT NULL) AS study_date_known
+    (COALESCE(r.study_date, s.study_date) IS NOT NULL) AS study_date_known,
+    prev.result_id AS amends_result_id,
+    prev.stored_at AS amends_stored_at,
+    nxt.result_id AS superseded_by_result_id
 FROM results r
 LEFT JOIN studies s ON s.study_instance_uid = r.study_instance_uid
 LEFT JOIN pipelines p ON p.name = r.pipeline
@@ -166,4 +169,40 @@ LEFT JOIN LATERAL (
     FROM worklist_claims wc
     WHERE wc.result_id = r.result_id
 ) c ON true
+-- a study's results of one pipeline, newest first as v_timepoints picks them: a result made again
+-- (late instances gave the series a new revision, or a replay) amends the one before it, which it
+-- supersedes; the worklist lists only results that nothing supersedes
+LEFT JOIN LATERAL (
+    SELECT r2.result_id, r2.stored_at
+    FROM results r2
+    WHERE r2.study_instance_uid = r.study_instance_uid AND r2.pipeline = r.pipeline
+      AND r2.status = 'completed' AND NOT r2.shadow AND r2.result_id <> r.result_id
+      AND (r2.finished_at, r2.stored_at) < (r.finished_at, r.stored_at)
+    ORDER BY r2.finished_at DESC, r2.stored_at DESC
+    LIMIT 1
+) prev ON true
+LEFT JOIN LATERAL (
+    SELECT r3.result_id
+    FROM results r3
+    WHERE r3.study_instance_uid = r.study_instance_uid AND r3.pipeline = r.pipeline
+      AND r3.status = 'completed' AND NOT r3.shadow AND r3.result_id <> r.result_id
+      AND (r3.finished_at, r3.stored_at) > (r.finished_at, r.stored_at)
+    ORDER BY r3.finished_at DESC, r3.stored_at DESC
+    LIMIT 1
+) nxt ON true
 WHERE r.status = 'completed' AND NOT r.shadow;
+
+-- The newest corrected segmentation per result (a reader's upload, its volume recalculated from the
+-- SEG), who gave it and when. The corrected volume is the SEG's total: it stands for the result's
+-- volume where the result has one mL measurement (measurements_ml = 1).
+CREATE VIEW v_corrections AS
+SELECT DISTINCT ON (rv.result_id)
+    rv.result_id,
+    rv.corrected_volume_ml,
+    rv.corrected_seg_uri,
+    rv.reviewer AS corrected_by,
+    rv.submitted_at AS corrected_at,
+    (SELECT count(*) FROM measurements m WHERE m.result_id = rv.result_id AND m.unit = 'mL') AS measurements_ml
+FROM reviews rv
+WHERE rv.corrected_volume_ml IS NOT NULL
+ORDER BY rv.result_id, rv.submitted_at DESC;

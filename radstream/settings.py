@@ -168,10 +168,17 @@ class LdapSettings(BaseModel):
     timeout_s: float = Field(5.0, gt=0)
 
 
+# the placeholder of web.session_secret: never used as a key (radstream.web.security.session_key)
+DEFAULT_SESSION_SECRET = "change-me-web-session-secret"
+
+
 class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
-    session_secret: SecretStr = SecretStr("change-me-web-session-secret")
+    session_secret: SecretStr = Field(
+        SecretStr(DEFAULT_SESSION_SECRET),
+        description="key that signs session cookies; left at this placeholder, the app generates a random one "
+                    "under <home>/secrets/ (one per home: set it for several app replicas)")
     session_max_age_s: int = Field(8 * 3600, ge=60, description="signed session cookie lifetime")
     secure_cookies: bool = Field(False, description="mark cookies Secure (set behind HTTPS)")
     max_upload_mb: int = Field(200, ge=1, description="largest corrected SEG upload")

@@ -20,10 +20,14 @@ def web(
     import uvicorn
 
     from radstream.web import create_app
+    from radstream.web.security import session_key
 
     s = settings()
-    if s.web.session_secret.get_secret_value().startswith("change-me"):
-        typer.echo("warning: settings.web.session_secret is the default; set RADSTREAM_WEB__SESSION_SECRET", err=True)
+    _, made = session_key(s)
+    if made is not None:
+        typer.echo(f"web.session_secret is not set: session cookies are signed with the random key in {made}; "
+                   "set RADSTREAM_WEB__SESSION_SECRET (or its _FILE) when several app replicas serve one site",
+                   err=True)
     if migrate:
         from radstream.db.migrate import migrate as apply_migrations
 

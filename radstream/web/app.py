@@ -22,7 +22,7 @@ from radstream.observability.http import HttpMetricsMiddleware
 from radstream.settings import Settings
 from radstream.web import admin_routes, auth_routes, qc_routes, review_routes
 from radstream.web.context import Web, static_dir
-from radstream.web.security import NotSignedIn, login_url
+from radstream.web.security import NotSignedIn, login_url, session_key
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -68,7 +68,7 @@ def create_app(settings: Settings, *, producer: EventProducer | None = None,
         Mount("/static", app=StaticFiles(directory=static_dir()), name="static"),
     ]
     middleware = [
-        Middleware(SessionMiddleware, secret_key=settings.web.session_secret.get_secret_value(),
+        Middleware(SessionMiddleware, secret_key=session_key(settings)[0],
                    session_cookie="radstream_session", max_age=settings.web.session_max_age_s, same_site="lax",
                    https_only=settings.web.secure_cookies),
         Middleware(BaseHTTPMiddleware, dispatch=_headers),

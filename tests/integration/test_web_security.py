@@ -225,3 +225,32 @@ def test_deep_links_redirect_after_sign_in(seeded: tuple[Settings, Seeded], app_
     r = app_client.post("/login", data={"username": "reader1", "password": PASSWORD, "csrf_token": token,
                                         "next": "//evil.example/x"}, follow_redirects=False)
     assert r.headers["location"] == "/worklist"
+
+
+def _signed_session(key: str, session: dict[str, object]) -> str:
+    """A session cookie as Starlette's SessionMiddleware signs one (itsdangerous over base64 JSON)."""
+    import base64
+    import json
+
+    import itsdangerous
+
+    data = base64.b64encode(json.dumps(session).encode())
+    return itsdangerous.TimestampSigner(key).sign(data).decode()
+
+
+def test_a_cookie_signed_with_the_public_placeholder_opens_nothing(seeded: tuple[Settings, Seeded]) -> None:
+    """The shipped session secret is public: the app never signs with it (a random key under home instead)."""
+    from radstream.settings import DEFAULT_SESSION_SECRET
+    from radstream.web.security import session_key
+
+    settings, _ = seeded
+    assert settings.web.session_secret.get_secret_value() == DEFAULT_SESSION_SECRET
+    with TestClient(create_app(settings), base_url="http://127.0.0.1", follow_redirects=False) as client:
+        client.cookies.set("radstream_session", _signed_session(DEFAULT_SESSION_SECRET, {"user": "admin1"}))
+        r = client.get("/admin/users")
+        assert r.status_code in (302, 303, 307) and "/login" in r.headers["location"]
+        # the control: the same cookie signed with the key the app really uses opens the page
+        key, path = session_key(settings)
+        assert path is not None and key != DEFAULT_SESSION_SECRET
+        client.cookies.set("radstream_session", _signed_session(key, {"user": "admin1"}))
+        assert client.get("/admin/users").status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +78,25 @@ def test_overlay_and_window() -> None:
     assert png.startswith(b"\x89PNG")
     w = _window(np.arange(100, dtype=np.float32).reshape(1, 10, 10))
     assert w.dtype == np.uint8 and w.min() == 0 and w.max() == 255
+
+
+def test_session_key_is_never_the_public_placeholder(tmp_path: Path) -> None:
+    import stat
+
+    from radstream.settings import DEFAULT_SESSION_SECRET
+    from radstream.web.security import session_key
+
+    s = Settings(home=tmp_path / "home")  # type: ignore[arg-type]
+    key, path = session_key(s)
+    assert key != DEFAULT_SESSION_SECRET and len(key) >= 48 and path is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert session_key(s) == (key, path)  # kept: sessions survive a restart
+    other, _ = session_key(Settings(home=tmp_path / "other"))  # type: ignore[arg-type]
+    assert other != key  # no two installations share a key
+    given = Settings(home=tmp_path / "home", web={"session_secret": "x" * 40})  # type: ignore[arg-type]
+    assert session_key(given) == ("x" * 40, None)
+    empty = Settings(home=tmp_path / "home", web={"session_secret": ""})  # type: ignore[arg-type]
+    assert session_key(empty) == (key, path)
+    path.write_text("short\n")
+    with pytest.raises(RuntimeError, match="no usable session key"):
+        session_key(s)

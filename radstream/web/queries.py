@@ -106,23 +106,43 @@ def detections(conn: psycopg.Connection[Any], result_id: str) -> list[dict[str, 
         return list(cur.fetchall())
 
 
-def longitudinal(conn: psycopg.Connection[Any], patient_key: str, pipeline: str) -> list[dict[str, Any]]:
+def longitudinal(conn: psycopg.Connection[Any], patient_key: str, pipeline: str, *, reviewer: str | None = None,
+                 readers_only: bool = False) -> list[dict[str, Any]]:
+    """A patient's timepoints (v_longitudinal) with the newest corrected volume of each.
+
+    ``reviewer``: only that reader's own corrections (readers read independently). ``readers_only``:
+    only timepoints whose result readers may see (QC), as on the worklist. A correction is the SEG's
+    total volume: it is shown where the result has one mL measurement.
+    """
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT l.*, c.corrected_volume_ml, c.corrected_by, c.corrected_at
-                       FROM v_longitudinal l LEFT JOIN v_corrections c
-                         ON c.result_id = l.result_id AND c.measurements_ml = 1
-                       WHERE l.patient_key = %s AND l.pipeline = %s
-                       ORDER BY l.measurement, l.label, l.timepoint""", (patient_key, pipeline))
+                       FROM v_longitudinal l
+                       LEFT JOIN LATERAL (
+                           SELECT rv.corrected_volume_ml, rv.reviewer AS corrected_by, rv.submitted_at AS corrected_at
+                           FROM reviews rv
+                           WHERE rv.result_id = l.result_id AND rv.corrected_volume_ml IS NOT NULL
+                             AND (%(who)s::text IS NULL OR rv.reviewer = %(who)s)
+                             AND (SELECT count(*) FROM measurements m
+                                  WHERE m.result_id = l.result_id AND m.unit = 'mL') = 1
+                           ORDER BY rv.submitted_at DESC LIMIT 1
+                       ) c ON true
+                       WHERE l.patient_key = %(pk)s AND l.pipeline = %(p)s
+                         AND (NOT %(readers_only)s OR EXISTS (
+                             SELECT 1 FROM v_worklist w WHERE w.result_id = l.result_id AND w.visible_to_readers))
+                       ORDER BY l.measurement, l.label, l.timepoint""",
+                    {"pk": patient_key, "p": pipeline, "who": reviewer, "readers_only": readers_only})
         return list(cur.fetchall())
 
 
-def reviews_of(conn: psycopg.Connection[Any], result_id: str) -> list[dict[str, Any]]:
+def reviews_of(conn: psycopg.Connection[Any], result_id: str, reviewer: str | None = None) -> list[dict[str, Any]]:
+    """The reviews of a result; with ``reviewer``, only that reader's own (independent reads)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             """SELECT rv.*, COALESCE((SELECT json_agg(json_build_object('finding', f.finding, 'agree', f.agree,
                                               'reader_label', f.reader_label, 'comment', f.comment) ORDER BY f.idx)
                                        FROM review_findings f WHERE f.review_id = rv.review_id), '[]') AS findings
-               FROM reviews rv WHERE rv.result_id = %s ORDER BY rv.submitted_at""", (result_id,))
+               FROM reviews rv WHERE rv.result_id = %s AND (%s::text IS NULL OR rv.reviewer = %s)
+               ORDER BY rv.submitted_at""", (result_id, reviewer, reviewer))
         return list(cur.fetchall())
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -15,7 +17,7 @@ from starlette.routing import Route
 
 from radstream.events.models import ReviewSubmitted
 from radstream.kafka.producer import DeliveryFailed
-from radstream.store import ContentStore, path_for_uri
+from radstream.store import ContentStore
 from radstream.web import queries as q
 from radstream.web.audit import audit
 from radstream.web.context import Web
@@ -85,8 +87,12 @@ def routes(web: Web) -> list[Route]:
             series = q.series_of(conn, list(res["series_instance_uids"] or []))
             meas = q.measurements(conn, result_id)
             dets = q.detections(conn, result_id)
-            longi = q.longitudinal(conn, res["patient_key"], res["pipeline"])
-            reviews = q.reviews_of(conn, result_id)
+            # a reader sees only their own reviews and corrections (independent reads), and only the
+            # timepoints QC has let through; admins see everything
+            own = user.username if user.role == "reader" else None
+            longi = q.longitudinal(conn, res["patient_key"], res["pipeline"], reviewer=own,
+                                   readers_only=user.role == "reader")
+            reviews = q.reviews_of(conn, result_id, reviewer=own)
             header = patient_header(web, conn, res)
             view = load_view(web, conn, res)
         groups = series_from_longitudinal(longi, result_id)
@@ -140,17 +146,23 @@ def routes(web: Web) -> list[Route]:
         return _png(request, overlay=True)
 
     def _corrected_seg(upload: UploadFile | None, data: bytes, res: dict[str, Any]) -> tuple[str | None, float | None]:
+        """Validate an uploaded SEG in a staging file; only a valid one reaches the store."""
         if upload is None or not data:
             return None, None
-        stored = ContentStore.from_settings(web.settings).add_bytes(data)
-        path = path_for_uri(stored.uri, web.settings.store_root)
-        try:
-            refs = referenced_series(path)
-            total, _ = seg_volume_ml(path)
-        except Exception as exc:  # any parse failure: not a usable SEG
-            raise FeedbackError(f"the uploaded file is not a readable DICOM SEG ({type(exc).__name__})") from exc
+        staging = Path(web.settings.home) / "staging" / "uploads"
+        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.NamedTemporaryFile(dir=staging, suffix=".dcm") as fh:
+            fh.write(data)
+            fh.flush()
+            path = Path(fh.name)
+            try:
+                refs = referenced_series(path)
+                total, _ = seg_volume_ml(path)
+            except Exception as exc:  # any parse failure: not a usable SEG
+                raise FeedbackError(f"the uploaded file is not a readable DICOM SEG ({type(exc).__name__})") from exc
         if refs and not refs & set(res["series_instance_uids"] or []):
             raise FeedbackError("the uploaded SEG refers to another series")
+        stored = ContentStore.from_settings(web.settings).add_bytes(data)
         return stored.uri, round(total, 3)
 
     def _submit(request: Request, form: Any, seg_data: bytes) -> Response:

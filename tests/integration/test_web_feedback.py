@@ -42,10 +42,12 @@ def test_corrected_seg_volume_recalculated_and_stored(pg_settings: Settings) -> 
                         files={"seg_file": ("corrected.dcm", seg, "application/dicom")})
         assert r.status_code == 200 and "Corrected segmentation" in r.text, r.text[r.text.find("error-detail"):][:300]
         assert f"{expected_ml:.2f} mL" in r.text and f"model {s.brain_volumes[2]:.2f} mL" in r.text
-        # a file that is not a SEG is refused and sends nothing
+        # a file that is not a SEG is refused, sends nothing and leaves nothing in the store
+        before = sorted(p for p in pg_settings.store_root.rglob("*") if p.is_file())
         r = client.post(f"/results/{result_id}/feedback", data={"csrf_token": token},
                         files={"seg_file": ("x.dcm", b"not dicom at all", "application/dicom")})
         assert r.status_code == 400
+        assert sorted(p for p in pg_settings.store_root.rglob("*") if p.is_file()) == before
     runner = SinkRunner(pg_settings, feedback_spec(pg_settings))
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
@@ -70,3 +72,13 @@ def test_corrected_seg_volume_recalculated_and_stored(pg_settings: Settings) -> 
         page = client.get(f"/results/{result_id}").text
         corrected = re.search(r'<td class="corrected">([^<]+)</td>', page)
         assert corrected and corrected.group(1) == f"{expected_ml:.2f}"
+
+        # independent reads: another reader sees neither reader2's review nor their corrected volume
+        client.cookies.clear()
+        _sign_in(client, "reader1")
+        other = client.get(f"/results/{result_id}").text
+        assert 'id="reviews"' not in other and "reader2" not in other and f"{expected_ml:.2f}" not in other
+        client.cookies.clear()
+        _sign_in(client, "admin1")
+        admin = client.get(f"/results/{result_id}").text
+        assert 'id="reviews"' in admin and "reader2" in admin and "by reader2" in admin

@@ -52,7 +52,7 @@ PATIENT_COLS = ("patient_key",)  # written once (migration 0010); v_patients has
 STUDY_COLS = ("study_instance_uid", "patient_key", "accession_number", "study_date", "first_received_at",
               "last_received_at", "study_time", "study_description", "institution_name", "station_name",
               "referring_physician_name")
-_STUDY_TEXT = range(6, len(STUDY_COLS))  # the identity columns after the times: the first value known wins
+_STUDY_TEXT = range(6, len(STUDY_COLS))  # identity columns: max() within a batch, a stored value is kept
 SOURCE_INSTANCE_COLS = ("sop_instance_uid", "series_instance_uid", "study_instance_uid", "sop_class_uid",
                         "store_uri", "instance_number", "position_along_normal", "received_at")
 SERIES_COLS = ("series_instance_uid", "study_instance_uid", "revision", "modality", "series_description",

@@ -250,14 +250,14 @@ def test_brain_timepoints_sent_out_of_order_are_ordered_by_study_date(
 
 def _screenshot(stack: BenchStack, path: str, reader: Browser) -> None:
     """The brain result page in headless Chromium, signed in with the reader's session cookie."""
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright  # installed by scripts/bootstrap.sh, as Chromium is
+
     chromium = os.environ.get("RADSTREAM_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists():
-        pytest.skip(f"no Chromium at {chromium}")
+    assert Path(chromium).exists(), f"no Chromium at {chromium} (scripts/bootstrap.sh installs it)"
     shots = Path(__file__).resolve().parents[2] / "reports" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     cookies = [{"name": c.name, "value": c.value or "", "url": stack.web_url} for c in reader.http.cookies.jar]
-    with playwright_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
             ctx = browser.new_context(viewport={"width": 1200, "height": 1400})

@@ -3,7 +3,13 @@
 C-STORE success is answered only after the instance's bytes are fsynced in the store and
 its InstanceReceived event is acknowledged by Kafka or fsynced in the outbox
 (:class:`~radstream.producers.publisher.Publisher`). Bad input is refused with a DIMSE
-failure status, dead-lettered (header bytes only) and logged without PHI.
+failure status, dead-lettered (header bytes only, PHI blanked unless
+``ingest.deadletter_keep_phi``) and logged without PHI.
+
+Who may connect and how much they may send: allowed calling AE titles and peer networks,
+with mutual TLS the calling AE titles each client certificate may use, concurrent
+associations per remote address, instance size and bytes per association
+(:mod:`~radstream.producers.limits`), and the idle timeout.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from radstream.producers import reactor
+from radstream.producers import limits, reactor
 from radstream.producers.header import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -41,6 +47,7 @@ from radstream.producers.header import (
     text,
 )
 from radstream.producers.metrics import IngestMetrics
+from radstream.producers.phi import strip_phi
 from radstream.producers.publisher import Publisher, PublishFailed, Route
 from radstream.producers.scu import set_nodelay
 
@@ -48,6 +55,7 @@ from radstream import __version__
 from radstream.events.models import DeadLetter, InstanceReceived
 from radstream.observability import Observability, kafka_ready
 from radstream.patient_key import patient_key
+from radstream.secrets import site_secret
 from radstream.settings import Settings
 from radstream.store import ContentStore, hash_file
 
@@ -61,6 +69,8 @@ VERIFICATION_TS = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.
 # A-ASSOCIATE-RJ: rejected-permanent by the service user, with a diagnostic
 RJ_PERMANENT, RJ_USER = 0x01, 0x01
 DIAG_NONE, DIAG_CALLING, DIAG_CALLED = 0x01, 0x03, 0x07
+# ... or rejected-transient by the service provider (presentation), local-limit-exceeded: try later
+RJ_TRANSIENT, RJ_PROVIDER_PRESENTATION, DIAG_LOCAL_LIMIT = 0x02, 0x03, 0x02
 
 
 def event_id_for(sop_instance_uid: str, sha256: str) -> str:
@@ -103,13 +113,20 @@ class IngestServer:
         self.settings = settings
         self.metrics = metrics or IngestMetrics()
         self.store = ContentStore.from_settings(settings)
+        # first: refuses a placeholder in production, and a secret other than the store's (radstream.secrets)
+        self._secret = site_secret(settings)
         self.publisher: Publisher | None = Publisher(settings, self.metrics) if settings.ingest.publish else None
-        self._secret = settings.site_secret.get_secret_value().encode()
         self.called_ae_titles: dict[str, list[str]] = {
             settings.dicom.ae_title: [], **settings.ingest.called_ae_titles
         }
         self.allowed_calling = {t.strip() for t in settings.dicom.allowed_calling_ae_titles}
         self.allowed_networks = [ipaddress.ip_network(p, strict=False) for p in settings.dicom.allowed_peers]
+        self.client_ae_titles = {k: frozenset(t.strip() for t in v)
+                                 for k, v in settings.ingest.tls.client_ae_titles.items()}
+        self.max_per_peer = settings.dicom.max_associations_per_peer
+        self._peer_lock = threading.Lock()
+        self._early_limits = limits.supported()
+        self.keep_phi = settings.ingest.deadletter_keep_phi
         self.topic = settings.topic("instances")
         self.deadletter_topic = settings.topic("deadletter")
         self.producer_name = f"{COMPONENT}/{__version__}"
@@ -133,6 +150,8 @@ class IngestServer:
         ae.maximum_pdu_size = self.settings.ingest.max_pdu_size
         ae.maximum_associations = self.settings.dicom.max_associations
         ae.require_called_aet = False  # checked against all configured titles in _on_requested
+        ae.network_timeout = ae.dimse_timeout = self.settings.dicom.idle_timeout_s
+        ae.acse_timeout = self.settings.dicom.acse_timeout_s
         syntaxes = list(self.settings.ingest.transfer_syntaxes)
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is not None:
@@ -220,20 +239,56 @@ class IngestServer:
         called = str(primitive.called_ae_title).strip()
         calling = str(primitive.calling_ae_title).strip()
         peer = str(assoc.requestor.address)
-        diagnostic = None
+        reject: tuple[int, int, int] | None = None
         if called not in self.called_ae_titles:
-            diagnostic, why = DIAG_CALLED, "called AE title not served"
+            reject, why = (RJ_PERMANENT, RJ_USER, DIAG_CALLED), "called AE title not served"
         elif self.allowed_calling and calling not in self.allowed_calling:
-            diagnostic, why = DIAG_CALLING, "calling AE title not allowed"
+            reject, why = (RJ_PERMANENT, RJ_USER, DIAG_CALLING), "calling AE title not allowed"
         elif self.allowed_networks and not self._peer_allowed(peer):
-            diagnostic, why = DIAG_NONE, "peer address not allowed"
-        if diagnostic is not None:
+            reject, why = (RJ_PERMANENT, RJ_USER, DIAG_NONE), "peer address not allowed"
+        elif self.client_ae_titles and not self._certificate_allows(assoc, calling):
+            reject = (RJ_PERMANENT, RJ_USER, DIAG_CALLING)
+            why = f"client certificate {limits.certificate_identities(assoc)} may not use this calling AE title"
+        elif not self._admit(assoc, peer):
+            reject = (RJ_TRANSIENT, RJ_PROVIDER_PRESENTATION, DIAG_LOCAL_LIMIT)
+            why = f"peer already has {self.max_per_peer} associations (dicom.max_associations_per_peer)"
+        if reject is not None:
             log.warning("rejected association from %s (%s) to %s: %s", calling, peer, called, why)
             self.metrics.associations.labels("rejected").inc()
-            assoc.acse.send_reject(RJ_PERMANENT, RJ_USER, diagnostic)
+            assoc.acse.send_reject(*reject)
             assoc.kill()  # as pynetdicom does after its own rejections: lets the DUL send the A-ASSOCIATE-RJ
             return
         self.metrics.associations.labels("accepted").inc()
+
+    def _certificate_allows(self, assoc: Any, calling: str) -> bool:
+        """Mutual TLS: one of the client certificate's identities may use ``calling``."""
+        for name in limits.certificate_identities(assoc):
+            titles = self.client_ae_titles.get(name)
+            if titles is not None and (calling in titles or "*" in titles):
+                return True
+        return False
+
+    def _admit(self, assoc: Any, peer: str) -> bool:
+        """Count the association against its peer's limit and give it its byte budget; False if over the limit.
+
+        The associations counted are the live ones this method admitted (they carry a budget) that
+        have not ended, found among the server's acceptor threads: nothing to decrement, nothing to
+        leak when an association dies in any way. Once per association, never per instance.
+        """
+        budget = limits.AssociationBudget(self.settings.dicom.max_instance_bytes,
+                                          self.settings.dicom.max_association_bytes)
+        with self._peer_lock:
+            if self.max_per_peer and self.server is not None:
+                live = 0
+                for other in self.server.active_associations:
+                    if (other is not assoc and limits.budget_of(other) is not None
+                            and str(other.requestor.address) == peer
+                            and not (other.is_released or other.is_aborted or other.is_rejected)):
+                        live += 1
+                if live >= self.max_per_peer:
+                    return False
+            limits.attach(assoc, budget, early=self._early_limits)
+        return True
 
     def _on_conn_open(self, event: evt.Event) -> None:
         set_nodelay(event.assoc)
@@ -280,7 +335,10 @@ class IngestServer:
             except Exception as exc:
                 raise Rejected(CANNOT_UNDERSTAND, "C-STORE request without a data set") from exc
             started = time.perf_counter()
-            size = path.stat().st_size
+            size, discarded = limits.received_size(req, path)
+            budget = limits.budget_of(assoc)
+            if budget is not None and self._over_budget(assoc, budget, size, discarded):
+                return int(OUT_OF_RESOURCES)
             # I/O off the GIL overlaps the Python work: hashing while the header is parsed, the
             # store's link+fsync while the event is built. Nothing is stored before the header
             # passed its checks, and nothing is published before the store's fsync returned.
@@ -318,6 +376,25 @@ class IngestServer:
         except Rejected as rej:
             self._reject(rej, path, pixel_offset, calling, called, peer)
             return int(rej.status)
+
+    def _over_budget(self, assoc: Any, budget: limits.AssociationBudget, size: int, discarded: bool) -> bool:
+        """Apply the size limits to an instance of ``size`` bytes; raises :class:`Rejected` (0xA700) to refuse
+        it, returns True when the association was aborted (a C-STORE after the budget was spent)."""
+        if budget.exhausted:
+            log.warning("association from %s (%s) sent a C-STORE after its byte budget was spent: aborting",
+                        assoc.requestor.ae_title, assoc.requestor.address)
+            self.metrics.failures.labels(f"0x{OUT_OF_RESOURCES:04X}").inc()
+            assoc.abort()
+            return True
+        budget.used += size
+        if budget.used > budget.association_limit:
+            budget.exhausted = True
+            raise Rejected(OUT_OF_RESOURCES, f"association sent {budget.used} bytes, over "
+                                             f"dicom.max_association_bytes ({budget.association_limit})")
+        if discarded or size > budget.instance_limit:
+            raise Rejected(OUT_OF_RESOURCES, f"instance of {size} bytes{' or more' if discarded else ''}, over "
+                                             f"dicom.max_instance_bytes ({budget.instance_limit})")
+        return False
 
     def _event(
         self, h: Header, sha: str, size: int, uri: str, calling: str, called: str, peer: str
@@ -371,6 +448,8 @@ class IngestServer:
         self.metrics.failures.labels(status).inc()
         log.warning("refused C-STORE from %s (%s) to %s with %s: %s", calling, peer, called, status, rej.reason)
         payload = header_bytes(path, pixel_offset) if path is not None else b""
+        if not self.keep_phi:
+            payload = strip_phi(payload)
         letter = DeadLetter(
             producer=self.producer_name,
             source_topic=f"dicom:{called}",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +29,9 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(1, ge=1)
     min_insync_replicas: int = Field(2, ge=1, description="applied only when replication_factor > 1")
     retention_ms: int = Field(30 * 24 * 3600 * 1000, description="-1 keeps events forever")
+    deadletter_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, ge=-1, description="retention of the dead-letter topic, shorter than the events' "
+        "(dead letters hold the input that failed); -1 keeps them forever; applied when topics are created")
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible registry; unset = Avro single-object encoding"
     )
@@ -50,14 +53,40 @@ class PostgresSettings(BaseModel):
         )
 
 
+GIB = 1024**3
+
+
 class DicomSettings(BaseModel):
+    """The DICOM network side of the ingest SCP: where it listens and whom it serves, how much."""
+
     port: int = 11112
     ae_title: str = "RADSTREAM"
-    bind_address: str = "0.0.0.0"
-    max_associations: int = 32
+    bind_address: str = Field(
+        "127.0.0.1", description="listen address; loopback by default (development, tests): production sets "
+        "the address the modalities reach, or 0.0.0.0 (the container images and manifests do)")
+    max_associations: int = Field(32, ge=1, description="concurrent associations of the whole SCP")
+    max_associations_per_peer: int = Field(
+        8, ge=0, description="concurrent associations from one remote address; more are refused with "
+        "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded (0 = only max_associations)")
     max_pdu_size: int = 0
-    allowed_calling_ae_titles: list[str] = Field(default_factory=list)
-    allowed_peers: list[str] = Field(default_factory=list)
+    allowed_calling_ae_titles: list[str] = Field(
+        default_factory=list, description="calling AE titles served; others are refused (A-ASSOCIATE-RJ, "
+        "calling AE title not recognised); empty = any")
+    allowed_peers: list[str] = Field(
+        default_factory=list, description="remote addresses or CIDR networks served (e.g. 10.20.0.0/16); "
+        "others are refused; empty = any")
+    max_instance_bytes: int = Field(
+        2 * GIB, ge=0, description="largest instance accepted (its Part 10 file: the data set as sent plus the "
+        "file meta); a larger one is refused with 0xA700, written no further than this and never stored "
+        "(0 = unlimited)")
+    max_association_bytes: int = Field(
+        32 * GIB, ge=0, description="bytes one association may send in all; the C-STORE that crosses it is "
+        "refused with 0xA700 and the association is aborted at the next one (0 = unlimited)")
+    idle_timeout_s: float = Field(
+        60.0, gt=0, description="an association with no network traffic for this long is aborted "
+        "(pynetdicom's network and DIMSE timeouts)")
+    acse_timeout_s: float = Field(
+        30.0, gt=0, description="a connection must complete its association request within this long")
 
 
 class IngestTlsSettings(BaseModel):
@@ -66,6 +95,18 @@ class IngestTlsSettings(BaseModel):
     cert_file: Path | None = None
     key_file: Path | None = None
     ca_file: Path | None = Field(None, description="CA bundle; with it, clients must present a certificate")
+    client_ae_titles: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="mutual TLS: client certificate identity (subject CN or a DNS subjectAltName) -> the calling "
+        "AE titles it may use ('*' = any); an association whose certificate is not mapped to its calling AE "
+        "title is refused; empty = any certificate the CA signed may use any calling AE title; needs ca_file",
+    )
+
+    @model_validator(mode="after")
+    def _mapping_needs_client_certificates(self) -> IngestTlsSettings:
+        if self.client_ae_titles and (self.ca_file is None or self.cert_file is None):
+            raise ValueError("ingest.tls.client_ae_titles needs ingest.tls.cert_file and ca_file (mutual TLS)")
+        return self
 
 
 class IngestSettings(BaseModel):
@@ -118,6 +159,10 @@ class IngestSettings(BaseModel):
     )
     metrics_address: str | None = Field(None, description="bind address; unset = observability.address")
     tls: IngestTlsSettings = Field(default_factory=IngestTlsSettings)
+    deadletter_keep_phi: bool = Field(
+        False, description="keep patient, accession, physician and institution attributes in the DICOM headers "
+        "of dead letters; off: their values are blanked (same lengths, so the structure that failed is kept) "
+        "and everything past the first element that cannot be parsed is dropped")
 
 
 class StoreSettings(BaseModel):
@@ -141,11 +186,22 @@ class TritonSettings(BaseModel):
                         description="where `radstream triton serve` computes: cpu (onnxruntime) or cuda[:N] (PyTorch)")
 
 
+# the shipped placeholders of the three secrets: public, so never used as keys (radstream.secrets).
+# In development radstream replaces them with random secrets under <home>/secrets/; in production a
+# process that needs one of them refuses to start while it is left at its placeholder (or empty).
+DEFAULT_SESSION_SECRET = "change-me-web-session-secret"
+DEFAULT_SITE_SECRET = "radstream-dev-site-secret"
+DEFAULT_BLINDING_SALT = "change-me-blinding-salt"
+
+
 class InferenceSettings(BaseModel):
     """Inference workers (``radstream infer --pipeline NAME``)."""
 
     pipelines_dir: Path | None = Field(None, description="pipeline files; default <project>/pipelines")
-    blinding_salt: SecretStr = SecretStr("change-me-blinding-salt")
+    blinding_salt: SecretStr = Field(
+        SecretStr(DEFAULT_BLINDING_SALT),
+        description="HMAC key of the blinding hash; production: must be set; development: a random one under "
+                    "<home>/secrets/ when left at this placeholder")
     max_attempts: int = Field(3, ge=1, description="attempts of a request whose failure is retriable")
     poll_timeout_s: float = Field(1.0, gt=0)
     pacs_host: str | None = Field(None, description="PACS export destination (C-STORE SCU); unset = off")
@@ -168,21 +224,45 @@ class LdapSettings(BaseModel):
     timeout_s: float = Field(5.0, gt=0)
 
 
-# the placeholder of web.session_secret: never used as a key (radstream.web.security.session_key)
-DEFAULT_SESSION_SECRET = "change-me-web-session-secret"
-
-
 class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     session_secret: SecretStr = Field(
         SecretStr(DEFAULT_SESSION_SECRET),
-        description="key that signs session cookies; left at this placeholder, the app generates a random one "
-                    "under <home>/secrets/ (one per home: set it for several app replicas)")
-    session_max_age_s: int = Field(8 * 3600, ge=60, description="signed session cookie lifetime")
-    secure_cookies: bool = Field(False, description="mark cookies Secure (set behind HTTPS)")
+        description="key that signs session cookies (a session id; the session itself is in PostgreSQL); "
+                    "production: must be set; development: left at this placeholder, a random one is made "
+                    "under <home>/secrets/. Changing it ends every session")
+    session_absolute_s: int = Field(8 * 3600, ge=1, description="a session ends this long after sign-in, "
+                                    "whatever it does (opening results does not extend it)")
+    session_idle_s: int = Field(30 * 60, ge=1, description="a session ends after this long without a request")
+    secure_cookies: bool | None = Field(
+        None, description="mark cookies Secure (HTTPS only) and send HSTS; unset = on outside development")
     max_upload_mb: int = Field(200, ge=1, description="largest corrected SEG upload")
+    max_form_bytes: int = Field(64 * 1024, ge=1024, description="largest request body of any other form; "
+                                "a larger Content-Length gets 413 before the body is read")
+    login_free_failures: int = Field(5, ge=1, description="failed sign-ins of one account within "
+                                     "login_window_s before it is locked (back-off)")
+    login_free_failures_per_address: int = Field(20, ge=1, description="the same for one client address")
+    login_window_s: float = Field(15 * 60.0, gt=0, description="failures this much older than the latest are "
+                                  "forgotten (the count starts again)")
+    login_lockout_s: float = Field(30.0, gt=0, description="first lock; each further failure doubles it")
+    login_lockout_max_s: float = Field(15 * 60.0, gt=0, description="longest lock")
+    password_min_length: int = Field(12, ge=8, description="shortest password `users add`/`passwd` accept")
+    password_deny_file: Path | None = Field(
+        None, description="further passwords to refuse, one a line (the shipped list of common ones always "
+                          "applies)")
     ldap: LdapSettings = Field(default_factory=LdapSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # session_max_age_s was the signed cookie's lifetime: it is the absolute lifetime now
+        if isinstance(data, dict) and "session_max_age_s" in data and "session_absolute_s" not in data:
+            data = {**data, "session_absolute_s": data["session_max_age_s"]}
+        return data
+
+    def cookies_secure(self, environment: str) -> bool:
+        return self.secure_cookies if self.secure_cookies is not None else environment != "development"
 
 
 class SinkSettings(BaseModel):
@@ -331,10 +411,20 @@ class Settings(BaseSettings):
         env_prefix="RADSTREAM_", env_nested_delimiter="__", extra="ignore"
     )
 
+    environment: Literal["development", "production"] = Field(
+        "production",
+        description="production: a secret left at its shipped placeholder (or empty) stops the process that "
+                    "needs it; development (radstream dev up, demo): random ones are made under <home>/secrets/",
+    )
     home: Path = Field(Path("var"), description="project-local folder for data, logs and pid files")
     site_secret: SecretStr = Field(
-        SecretStr("radstream-dev-site-secret"), description="HMAC key of the patient key"
+        SecretStr(DEFAULT_SITE_SECRET),
+        description="HMAC key of the patient key; permanent for a site's data (its fingerprint is kept in the "
+                    "store root); production: must be set",
     )
+    accept_new_site_secret: bool = Field(
+        False, description="start although the site secret differs from the one the existing data was keyed "
+                           "with (records the new fingerprint); patient keys will not match older data")
     pipelines: list[str] = Field(
         default_factory=lambda: ["brain-tumour", "liver", "hip-fracture"],
         description="pipelines that get a requests topic",

@@ -17,6 +17,12 @@ from pydantic import SecretStr
 
 from radstream.settings import Settings
 
+# The suite runs as a development machine: a secret it does not set (blinding salt, web session key)
+# becomes a random one under the test's own home instead of stopping the process, as it would in
+# production (tests/unit/test_secrets.py and tests/integration/test_web_sessions.py prove that refusal
+# with the environment set to production explicitly). Child processes inherit it.
+os.environ["RADSTREAM_ENVIRONMENT"] = "development"
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

@@ -19,6 +19,9 @@ from radstream.consumers.operators.base import Context, Operator, OperatorError,
 from radstream.consumers.operators.postprocess import source_labels
 
 from radstream import __version__
+from radstream.pipelines.operators_spec import InferencePipelineSpec
+from radstream.secrets import blinding_salt
+from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +73,14 @@ class Blinding(Operator):
     op = "blinding"
     Params = BlindingParams
 
+    def __init__(self, settings: Settings, pipeline: InferencePipelineSpec, params: dict[str, Any]) -> None:
+        super().__init__(settings, pipeline, params)
+        # resolved when the worker starts: in production a placeholder salt stops it (radstream.secrets)
+        self._salt = blinding_salt(settings)
+
     def run(self, ctx: Context) -> None:
-        salt = self.settings.inference.blinding_salt.get_secret_value().encode()
         msg = f"{ctx.pipeline.name}|{ctx.request.study_instance_uid}|{ctx.request.request_id}".encode()
-        ctx.blinding_hash = hmac.new(salt, msg, hashlib.sha256).hexdigest()[: self.params.length]
+        ctx.blinding_hash = hmac.new(self._salt, msg, hashlib.sha256).hexdigest()[: self.params.length]
 
 
 class SegParams(Params):

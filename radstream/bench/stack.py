@@ -60,13 +60,15 @@ class BenchStack:
     def _settings_values(self) -> dict[str, object]:
         c = self.config
         return {
+            "environment": "development",  # a throwaway stack: random secrets where none is given
             "home": self.home,
             "site_secret": SITE_SECRET,
             "pipelines": list(c.pipelines),
             "kafka": {"bootstrap_servers": self.kafka.bootstrap, "topic_prefix": c.topic_prefix,
                       "default_partitions": c.partitions},
             "postgres": {"host": "127.0.0.1", "port": self.postgres.port, "managed": False},
-            "dicom": {"port": self.dicom_port, "bind_address": "127.0.0.1"},
+            # every simulated scanner sends from loopback: one address, so no per-peer association limit
+            "dicom": {"port": self.dicom_port, "bind_address": "127.0.0.1", "max_associations_per_peer": 0},
             "ingest": {"metrics_port": 0},
             "triton": {"host": "127.0.0.1", "http_port": self.triton.http_port, "grpc_port": self.triton.grpc_port,
                        "metrics_port": self.triton.metrics_port, "managed": False,
@@ -81,6 +83,7 @@ class BenchStack:
         """What every child process needs so its Settings equal ``self.settings``."""
         s = self.settings
         env = {
+            "RADSTREAM_ENVIRONMENT": "development",
             "RADSTREAM_HOME": str(self.home),
             "RADSTREAM_SITE_SECRET": SITE_SECRET,
             "RADSTREAM_PIPELINES": json.dumps(list(self.config.pipelines)),
@@ -92,6 +95,7 @@ class BenchStack:
             "RADSTREAM_POSTGRES__MANAGED": "false",
             "RADSTREAM_DICOM__PORT": str(s.dicom.port),
             "RADSTREAM_DICOM__BIND_ADDRESS": "127.0.0.1",
+            "RADSTREAM_DICOM__MAX_ASSOCIATIONS_PER_PEER": "0",
             "RADSTREAM_INGEST__METRICS_PORT": "0",
             "RADSTREAM_TRITON__HOST": "127.0.0.1",
             "RADSTREAM_TRITON__HTTP_PORT": str(s.triton.http_port),

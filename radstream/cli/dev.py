@@ -20,7 +20,7 @@ def up(
 ) -> None:
     """Start Kafka, PostgreSQL and Triton (idempotent), create the topics and the database schema."""
     from radstream.db.migrate import migrate
-    from radstream.devenv.services import radstream_services
+    from radstream.devenv.services import DEVELOPMENT_ENV, radstream_services
     from radstream.devenv.stack import LocalStack
     from radstream.kafka.topics import create_topics
 
@@ -28,8 +28,9 @@ def up(
     stack.up(triton=triton)
     create_topics(settings())
     migrate(settings())
-    if all_services:
-        stack.services.start(radstream_services(settings()))
+    if all_services:  # a development stack: random secrets under <home>/secrets/ replace the placeholders
+        dev = settings().model_copy(update={"environment": "development"})
+        stack.services.start(radstream_services(dev, DEVELOPMENT_ENV))
     status()
 
 

@@ -18,6 +18,10 @@ def ingest(
     ae_title: Annotated[str | None, typer.Option("--ae-title", help="AE title (default: dicom.ae_title)")] = None,
     no_publish: Annotated[bool, typer.Option("--no-publish", help="benchmarks only: store, publish nothing")] = False,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+    accept_new_site_secret: Annotated[bool, typer.Option(
+        "--accept-new-site-secret",
+        help="start although the site secret is not the one the store's data was keyed with (records the new "
+             "fingerprint; new patient keys will not match older data)")] = False,
 ) -> None:
     """Run the DICOM ingest SCP: C-ECHO and C-STORE, claim check, InstanceReceived events."""
     from radstream.producers.scp import IngestServer
@@ -28,6 +32,8 @@ def ingest(
     update: dict[str, object] = {"dicom": dicom}
     if no_publish:
         update["ingest"] = s.ingest.model_copy(update={"publish": False})
+    if accept_new_site_secret:
+        update["accept_new_site_secret"] = True
     server = IngestServer(s.model_copy(update=update))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

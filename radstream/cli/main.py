@@ -16,6 +16,7 @@ from radstream.cli import ops as _ops
 from radstream.cli import report as _report
 from radstream.cli import sink as _sink
 from radstream.cli import stream as _stream
+from radstream.cli import study as _study
 from radstream.cli import synth as _synth
 from radstream.cli import triton as _triton
 from radstream.cli import users as _users
@@ -36,6 +37,7 @@ app.add_typer(_sink.app, name="sink")
 app.command("report")(_report.report)
 app.command("web")(_web.web)
 app.add_typer(_users.app, name="users")
+app.add_typer(_study.app, name="study")
 app.command("infer")(_infer.infer)
 app.command("synth")(_synth.synth)
 app.add_typer(_triton.app, name="triton")
@@ -75,4 +77,10 @@ def show_config() -> None:
 
 
 def main() -> None:
-    app()
+    from radstream.secrets import SecretError
+
+    try:
+        app()
+    except SecretError as exc:  # a process refusing to start for want of a secret: the reason, no traceback
+        typer.echo(f"radstream: {exc}", err=True)
+        raise SystemExit(2) from None

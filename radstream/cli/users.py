@@ -25,16 +25,21 @@ def add(
     ldap: Annotated[bool, typer.Option("--ldap", help="sign in through LDAP only (no local password)")] = False,
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
 ) -> None:
-    """Add an account (asks for the password unless --ldap or --password-stdin)."""
+    """Add an account (asks for the password unless --ldap or --password-stdin).
+
+    The password must satisfy the policy: web.password_min_length characters, not the user name, not a
+    common password (the shipped list and web.password_deny_file).
+    """
     import sys
 
     from radstream.db.connect import connect
+    from radstream.web.passwords import PasswordPolicy
     from radstream.web.users import UserError, add_user
 
     pw = sys.stdin.readline().rstrip("\n") if password_stdin and not ldap else _password(ldap)
     with connect(settings(), autocommit=True) as conn:
         try:
-            user = add_user(conn, username, role, pw, name)
+            user = add_user(conn, username, role, pw, name, policy=PasswordPolicy.from_settings(settings()))
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
@@ -69,7 +74,7 @@ def _set(username: str, disabled: bool) -> None:
 
 @app.command()
 def disable(username: str) -> None:
-    """Disable an account (its sessions stop working at once)."""
+    """Disable an account (its sessions end at once)."""
     _set(username, True)
 
 
@@ -80,20 +85,26 @@ def enable(username: str) -> None:
 
 
 @app.command()
-def passwd(username: str) -> None:
-    """Set a new password."""
+def passwd(
+    username: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from stdin")] = False,
+) -> None:
+    """Set a new password (same policy as `users add`); every session of the account ends."""
+    import sys
+
     from radstream.db.connect import connect
+    from radstream.web.passwords import PasswordPolicy
     from radstream.web.users import UserError, set_password
 
-    pw = _password(False)
+    pw = sys.stdin.readline().rstrip("\n") if password_stdin else _password(False)
     assert pw is not None
     with connect(settings(), autocommit=True) as conn:
         try:
-            ok = set_password(conn, username, pw)
+            ok = set_password(conn, username, pw, policy=PasswordPolicy.from_settings(settings()))
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
     if not ok:
         typer.echo(f"error: no user {username!r}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"password set for {username}")
+    typer.echo(f"password set for {username} (its sessions ended)")

@@ -23,10 +23,12 @@ def web(
     from radstream.web.security import session_key
 
     s = settings()
-    _, made = session_key(s)
+    _, made = session_key(s)  # production: refuses a placeholder or empty key (PlaceholderSecret)
     if made is not None:
-        typer.echo(f"web.session_secret is not set: session cookies are signed with the random key in {made}; "
-                   "set RADSTREAM_WEB__SESSION_SECRET (or its _FILE) when several app replicas serve one site",
+        typer.echo(f"development: web.session_secret is not set: session cookies are signed with the random key "
+                   f"in {made}; set RADSTREAM_WEB__SESSION_SECRET (or its _FILE) in production", err=True)
+    if not s.web.cookies_secure(s.environment):
+        typer.echo("web.secure_cookies is off: session cookies are sent over plain HTTP too (development only)",
                    err=True)
     if migrate:
         from radstream.db.migrate import migrate as apply_migrations

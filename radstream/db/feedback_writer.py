@@ -13,9 +13,10 @@ from typing import Any
 import psycopg
 
 from radstream.db.staging import copy_rows, ensure_stages, prepare_copies
-from radstream.events.models import Event, QcDecided, ReviewSubmitted
+from radstream.dicom_seg import SEG_SOP_CLASS
+from radstream.events.models import Event, InstanceReceived, QcDecided, ReviewSubmitted
 
-FEEDBACK_EVENTS: tuple[type[Event], ...] = (ReviewSubmitted, QcDecided)
+FEEDBACK_EVENTS: tuple[type[Event], ...] = (ReviewSubmitted, QcDecided, InstanceReceived)
 
 STAGES = (
     "CREATE TEMP TABLE IF NOT EXISTS s_reviews (LIKE reviews INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
@@ -28,7 +29,7 @@ STAGES = (
 
 REVIEW_COLS = ("review_id", "event_id", "producer", "result_id", "study_instance_uid", "pipeline", "reviewer",
                "comment", "time_spent_s", "blinding_hash", "corrected_seg_uri", "corrected_volume_ml",
-               "submitted_at")
+               "submitted_at", "rating")
 FINDING_COLS = ("review_id", "idx", "finding", "agree", "reader_label", "comment", "event_id")
 QC_COLS = ("decision_id", "event_id", "producer", "result_id", "study_instance_uid", "pipeline", "reviewer",
            "decision", "reason", "decided_at")
@@ -40,11 +41,19 @@ def _require(value: str, what: str) -> str:
     return value
 
 
+def _rating(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 5:
+        raise ValueError(f"rating must be 1 to 5, not {value}")
+    return value
+
+
 @dataclass(slots=True)
 class FeedbackRows:
     reviews: list[tuple[Any, ...]] = field(default_factory=list)
     findings: list[tuple[Any, ...]] = field(default_factory=list)
     qc: list[tuple[Any, ...]] = field(default_factory=list)
+    # human segmentations received by C-STORE (the instances topic; every other instance is ignored)
+    segmentations: list[InstanceReceived] = field(default_factory=list)
 
     def add(self, event: Event) -> None:
         if isinstance(event, ReviewSubmitted):
@@ -55,7 +64,7 @@ class FeedbackRows:
             self.reviews.append((
                 rid, event.event_id, event.producer, event.result_id, event.study_instance_uid, event.pipeline,
                 _require(event.reviewer, "reviewer"), event.comment, event.time_spent_s, event.blinding_hash,
-                event.corrected_seg_uri, event.corrected_volume_ml, event.occurred_at,
+                event.corrected_seg_uri, event.corrected_volume_ml, event.occurred_at, _rating(event.rating),
             ))
             for i, f in enumerate(event.findings):
                 self.findings.append((rid, i, f.finding, f.agree, f.reader_label, f.comment, event.event_id))
@@ -65,6 +74,9 @@ class FeedbackRows:
                 _require(event.result_id, "result_id"), event.study_instance_uid, event.pipeline,
                 _require(event.reviewer, "reviewer"), str(event.decision), event.reason, event.occurred_at,
             ))
+        elif isinstance(event, InstanceReceived):
+            if event.sop_class_uid == SEG_SOP_CLASS:
+                self.segmentations.append(event)
         else:
             raise TypeError(f"the feedback sink does not take {type(event).__name__} events")
 
@@ -72,7 +84,7 @@ class FeedbackRows:
         """Nothing to work out ahead: the feedback writer stages rows as they are."""
 
     def count(self) -> int:
-        return len(self.reviews) + len(self.findings) + len(self.qc)
+        return len(self.reviews) + len(self.findings) + len(self.qc) + len(self.segmentations)
 
 
 _REVIEW_UPDATABLE = [c for c in REVIEW_COLS if c != "review_id"]

@@ -18,6 +18,9 @@ from radstream.settings import Settings
 
 # /metrics ports of the per-pipeline inference workers: one each, above the fixed defaults
 INFER_METRICS_BASE_PORT = 9130
+# what `radstream dev up --all` and `radstream demo` run their processes with: a development machine,
+# where placeholder secrets are replaced by random ones under <home>/secrets/ (radstream.secrets)
+DEVELOPMENT_ENV = {"RADSTREAM_ENVIRONMENT": "development"}
 
 
 @dataclass(frozen=True)

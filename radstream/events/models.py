@@ -357,6 +357,7 @@ class ReviewSubmitted(Event):
     blinding_hash: str | None = None
     corrected_seg_uri: str | None = None
     corrected_volume_ml: float | None = None
+    rating: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -31,7 +31,8 @@ def topic_specs(settings: Settings, pipelines: list[str] | None = None) -> list[
         TopicSpec(settings.topic("studies"), n, dict(keep), "StudyCompleted, key = patient key"),
         TopicSpec(settings.topic("results"), n, dict(keep), "InferenceCompleted/InferenceFailed, key = study UID"),
         TopicSpec(settings.topic("feedback"), n, dict(keep), "ReviewSubmitted/QcDecided, key = result id"),
-        TopicSpec(settings.topic("deadletter"), 1, {**keep, "retention.ms": "-1"}, "DeadLetter, kept forever"),
+        TopicSpec(settings.topic("deadletter"), 1, {**keep, "retention.ms": str(k.deadletter_retention_ms)},
+                  f"DeadLetter, kept {_retention(k.deadletter_retention_ms)}"),
         TopicSpec(settings.topic("schemas"), 1, {"cleanup.policy": "compact", "retention.ms": "-1"},
                   "writer schemas by fingerprint (compacted)"),
     ]
@@ -39,6 +40,13 @@ def topic_specs(settings: Settings, pipelines: list[str] | None = None) -> list[
         specs.append(TopicSpec(settings.topic(f"requests.{name}"), n, dict(keep),
                                f"InferenceRequested for pipeline {name}, key = patient key"))
     return specs
+
+
+def _retention(ms: int) -> str:
+    if ms < 0:
+        return "forever"
+    days, rest = divmod(ms, 24 * 3600 * 1000)
+    return f"{days} days" if not rest else f"{ms / 3_600_000:g} h"
 
 
 def admin(settings: Settings) -> AdminClient:

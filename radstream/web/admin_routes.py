@@ -17,6 +17,7 @@ from radstream.web import queries as q
 from radstream.web.audit import audit, recent
 from radstream.web.context import Web
 from radstream.web.ops import db_figures
+from radstream.web.passwords import PasswordPolicy
 from radstream.web.plots import bars
 from radstream.web.security import check_csrf
 from radstream.web.users import ROLES, UserError, add_user, list_users, set_disabled
@@ -43,7 +44,8 @@ def routes(web: Web) -> list[Route]:
                 if action == "add":
                     pw = str(form.get("password") or "")
                     add_user(conn, name, str(form.get("role") or ""), pw or None,
-                             str(form.get("display_name") or "") or None)
+                             str(form.get("display_name") or "") or None,
+                             policy=PasswordPolicy.from_settings(web.settings))
                 elif action in ("disable", "enable"):
                     if name == user.username:
                         raise UserError("you cannot disable yourself")

@@ -1,16 +1,14 @@
-"""The Starlette application: routes, signed sessions, security headers, error pages."""
+"""The Starlette application: routes, server-side sessions, bounded bodies, security headers, error pages."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount
@@ -20,29 +18,25 @@ from radstream.kafka.producer import EventProducer
 from radstream.observability import Observability
 from radstream.observability.http import HttpMetricsMiddleware
 from radstream.settings import Settings
-from radstream.web import admin_routes, auth_routes, qc_routes, review_routes
+from radstream.web import admin_routes, auth_routes, qc_routes, review_routes, study_routes
 from radstream.web.context import Web, static_dir
+from radstream.web.limits import CSP, BodyLimitMiddleware, SecurityHeadersMiddleware
 from radstream.web.security import NotSignedIn, login_url, session_key
+from radstream.web.sessions import SessionMiddleware, SessionStore
 
-CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
-       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-
-
-async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    response = await call_next(request)
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    if not request.url.path.startswith("/static/"):
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+__all__ = ["CSP", "create_app"]
 
 
 def create_app(settings: Settings, *, producer: EventProducer | None = None,
                obs: Observability | None = None) -> Starlette:
-    """``obs``: count requests per route on that process's /metrics (served on its own port)."""
-    web = Web(settings, producer)
+    """``obs``: count requests per route on that process's /metrics (served on its own port).
+
+    Raises :class:`radstream.secrets.PlaceholderSecret` in production when ``web.session_secret`` is
+    unset (the shipped placeholder) or empty: the app does not start with a public key.
+    """
+    key, _ = session_key(settings)
+    sessions = SessionStore(settings, key)
+    web = Web(settings, producer, sessions)
 
     async def not_signed_in(request: Request, exc: Exception) -> Response:
         if request.url.path.startswith("/api/"):
@@ -65,17 +59,18 @@ def create_app(settings: Settings, *, producer: EventProducer | None = None,
 
     routes: list[Any] = [
         *auth_routes.routes(web), *review_routes.routes(web), *qc_routes.routes(web), *admin_routes.routes(web),
+        *study_routes.routes(web),
         Mount("/static", app=StaticFiles(directory=static_dir()), name="static"),
     ]
+    # outermost first: headers on every answer (413s too), bodies bounded before anything reads them,
+    # then the session (and the refusals that need no body: cross-site, not signed in)
     middleware = [
-        Middleware(SessionMiddleware, secret_key=session_key(settings)[0],
-                   session_cookie="radstream_session", max_age=settings.web.session_max_age_s, same_site="lax",
-                   https_only=settings.web.secure_cookies),
-        Middleware(BaseHTTPMiddleware, dispatch=_headers),
+        Middleware(SecurityHeadersMiddleware, hsts_always=sessions.secure),
+        Middleware(BodyLimitMiddleware.for_settings, settings=settings),
+        Middleware(SessionMiddleware, store=sessions),
         *([Middleware(HttpMetricsMiddleware, obs=obs)] if obs is not None else []),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={NotSignedIn: not_signed_in, HTTPException: http_error},
-                    max_body_size=(settings.web.max_upload_mb + 1) * 1024 * 1024)
+                    exception_handlers={NotSignedIn: not_signed_in, HTTPException: http_error})
     app.state.web = web
     return app

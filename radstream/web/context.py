@@ -23,14 +23,16 @@ from radstream.kafka.producer import EventProducer
 from radstream.settings import Settings
 from radstream.web.images import LRU
 from radstream.web.ops import KafkaOps
-from radstream.web.security import NotSignedIn, csrf_token
+from radstream.web.security import NotSignedIn, csrf_token, session_key
+from radstream.web.sessions import SessionStore
 from radstream.web.users import User, get_user
 
 NAV = {
     "reader": [("Worklist", "/worklist")],
     "qc": [("QC", "/qc")],
     "admin": [("Worklist", "/worklist"), ("QC", "/qc"), ("Operations", "/ops"), ("Report", "/report"),
-              ("Users", "/admin/users"), ("Blinding", "/admin/blinding"), ("Audit", "/admin/audit")],
+              ("Users", "/admin/users"), ("Blinding", "/admin/blinding"), ("Study", "/admin/study"),
+              ("Audit", "/admin/audit")],
 }
 
 
@@ -64,8 +66,10 @@ def static_dir() -> Path:
 
 
 class Web:
-    def __init__(self, settings: Settings, producer: EventProducer | None = None) -> None:
+    def __init__(self, settings: Settings, producer: EventProducer | None = None,
+                 sessions: SessionStore | None = None) -> None:
         self.settings = settings
+        self.sessions = sessions if sessions is not None else SessionStore(settings, session_key(settings)[0])
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()), autoescape=True,
                                  undefined=jinja2.StrictUndefined)
         env.filters["dt"] = _fmt_dt
@@ -126,3 +130,4 @@ class Web:
         if self._producer is not None:
             self._producer.flush(5)
         self.kafka_ops.close()
+        self.sessions.close()

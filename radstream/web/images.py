@@ -20,9 +20,9 @@ import pydicom
 from numpy.typing import NDArray
 from PIL import Image
 
+from radstream.dicom_seg import SEG_SOP_CLASS, frame_position, frame_segment, frame_source, seg_frames
 from radstream.store import path_for_uri
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # overlay colours per segment number (RGBA), cycling
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (80, 255, 120), (220, 100, 255), (255, 140, 40)]
 
@@ -86,39 +86,6 @@ def load_volume(instances: list[tuple[str, str]], store_root: Path) -> Volume:
     return Volume([t[1] for t in items], [t[0] for t in items], _window(stack))
 
 
-def _frame_source(ds: Any, i: int) -> str | None:
-    try:
-        pf = ds.PerFrameFunctionalGroupsSequence[i]
-        return str(pf.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
-    except (AttributeError, IndexError, KeyError):
-        return None
-
-
-def _frame_segment(ds: Any, i: int) -> int:
-    try:
-        return int(ds.PerFrameFunctionalGroupsSequence[i].SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-    except (AttributeError, IndexError, KeyError):
-        return 1
-
-
-def _frame_position(ds: Any, i: int) -> NDArray[Any] | None:
-    try:
-        return np.array(ds.PerFrameFunctionalGroupsSequence[i].PlanePositionSequence[0].ImagePositionPatient, float)
-    except (AttributeError, IndexError, KeyError):
-        return None
-
-
-def seg_frames(ds: Any) -> NDArray[Any]:
-    """The SEG's frames as booleans, shape (frames, rows, cols)."""
-    arr = ds.pixel_array
-    if arr.ndim == 2:
-        arr = arr[np.newaxis]
-    if str(getattr(ds, "SegmentationType", "BINARY")) == "FRACTIONAL":
-        top = float(getattr(ds, "MaximumFractionalValue", 255) or 255)
-        return np.asarray(arr, float) >= top / 2
-    return np.asarray(arr) > 0
-
-
 def seg_labels(seg_path: Path, volume: Volume, source_positions: dict[str, NDArray[Any]] | None = None) -> NDArray[Any]:
     """A label volume (uint8, segment number, 0 = background) aligned with ``volume``."""
     ds = pydicom.dcmread(seg_path)
@@ -128,40 +95,17 @@ def seg_labels(seg_path: Path, volume: Volume, source_positions: dict[str, NDArr
     labels = np.zeros(volume.pixels.shape, np.uint8)
     index = {uid: k for k, uid in enumerate(volume.sop_uids)}
     for i in range(frames.shape[0]):
-        k = index.get(_frame_source(ds, i) or "")
+        k = index.get(frame_source(ds, i) or "")
         if k is None and source_positions:
-            pos = _frame_position(ds, i)
+            pos = frame_position(ds, i)
             if pos is not None:
                 best = min(source_positions.items(), key=lambda kv: float(np.linalg.norm(kv[1] - pos)))
                 if float(np.linalg.norm(best[1] - pos)) < 1e-2:
                     k = index.get(best[0])
         if k is None or frames[i].shape != labels.shape[1:]:
             continue
-        labels[k][frames[i]] = min(_frame_segment(ds, i), 255)
+        labels[k][frames[i]] = min(frame_segment(ds, i), 255)
     return labels
-
-
-def seg_volume_ml(seg_path: Path) -> tuple[float, dict[str, float]]:
-    """Total and per-segment volume of a SEG in mL (voxel count x pixel area x slice spacing)."""
-    ds = pydicom.dcmread(seg_path)
-    if str(ds.SOPClassUID) != SEG_SOP_CLASS:
-        raise ValueError("not a DICOM Segmentation")
-    frames = seg_frames(ds)
-    pm = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    dy, dx = (float(v) for v in pm.PixelSpacing)
-    dz = float(getattr(pm, "SpacingBetweenSlices", None) or getattr(pm, "SliceThickness", None) or 1.0)
-    voxel_ml = dx * dy * dz / 1000.0
-    names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in ds.SegmentSequence}
-    per: dict[str, float] = {}
-    for i in range(frames.shape[0]):
-        name = names.get(_frame_segment(ds, i), str(_frame_segment(ds, i)))
-        per[name] = per.get(name, 0.0) + float(frames[i].sum()) * voxel_ml
-    return sum(per.values()), per
-
-
-def referenced_series(seg_path: Path) -> set[str]:
-    ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
-    return {str(s.SeriesInstanceUID) for s in getattr(ds, "ReferencedSeriesSequence", [])}
 
 
 def png(array: NDArray[Any], mode: str) -> bytes:

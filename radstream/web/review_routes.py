@@ -15,14 +15,16 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from radstream.dicom_seg import SegRefused, inspect_seg, referenced_series, seg_volume_ml
 from radstream.events.models import ReviewSubmitted
 from radstream.kafka.producer import DeliveryFailed
 from radstream.store import ContentStore
 from radstream.web import queries as q
 from radstream.web.audit import audit
+from radstream.web.blinded import RATINGS, case_segmentations, is_study_case, own_ratings
 from radstream.web.context import Web
 from radstream.web.findings import FeedbackError, findings_for, review_event
-from radstream.web.images import overlay_png, referenced_series, seg_volume_ml, slice_png
+from radstream.web.images import overlay_png, slice_png
 from radstream.web.plots import series_from_longitudinal, volume_over_time
 from radstream.web.security import check_csrf
 from radstream.web.users import User
@@ -30,7 +32,7 @@ from radstream.web.viewer import load_view, patient_header
 
 READ_ROLES = ("reader", "admin")
 VIEW_ROLES = ("reader", "qc", "admin")
-PNG_HEADERS = {"Cache-Control": "private, max-age=300"}
+PNG_HEADERS = {"Cache-Control": "no-store"}  # patient images: never kept by browsers or proxies
 
 
 def _date(value: str | None) -> date | None:
@@ -95,6 +97,13 @@ def routes(web: Web) -> list[Route]:
             reviews = q.reviews_of(conn, result_id, reviewer=own)
             header = patient_header(web, conn, res)
             view = load_view(web, conn, res)
+            # the blinded multi-reader study: every segmentation of the case by letter and hash only
+            study_segs = case_segmentations(web, conn, res, user.username, with_sources=user.role == "admin") \
+                if is_study_case(conn, res) else []
+            ratings = own_ratings(conn, result_id, user.username) if study_segs else {}
+        study = bool(study_segs) and user.role != "admin"
+        if study:  # nothing that tells the model's segmentation from the others
+            meas, dets, longi, reviews = [], [], [], []
         groups = series_from_longitudinal(longi, result_id)
         trends = []
         progression: bool | None = None
@@ -119,9 +128,12 @@ def routes(web: Web) -> list[Route]:
             progression=progression, reviews=reviews, header=header, findings=findings,
             blinded=bool(res["blinding_hash"]) and user.role != "admin", model_volume=model_volume,
             depth=view.volume.depth if view else 0, start=view.start if view else 0,
-            has_overlay=view is not None and view.labels is not None,
+            has_overlay=view is not None and (view.labels is not None or bool(study_segs)),
+            overlay_base=(f"/results/{result_id}/segs/{study_segs[0].blinding_hash}/overlay/" if study_segs
+                          else f"/results/{result_id}/overlay/"),
             image_shape=view.volume.pixels.shape[1:] if view else None,
-            can_review=user.role in READ_ROLES,
+            can_review=user.role in READ_ROLES and not study, study=study, study_segs=study_segs,
+            ratings=ratings, rating_choices=RATINGS, can_rate=user.role in READ_ROLES,
         )
 
     def _png(request: Request, overlay: bool) -> Response:
@@ -130,6 +142,8 @@ def routes(web: Web) -> list[Route]:
         with web.db() as conn:
             user = web.need(request, conn, *VIEW_ROLES)
             res, _ = visible_result(web, conn, user, result_id)
+            if overlay and user.role != "admin" and is_study_case(conn, res):
+                raise HTTPException(404, "no such overlay: segmentations of this case are shown by their hash")
             view = load_view(web, conn, res)
         if view is None or not 0 <= k < view.volume.depth:
             raise HTTPException(404, "no such slice")
@@ -156,8 +170,11 @@ def routes(web: Web) -> list[Route]:
             fh.flush()
             path = Path(fh.name)
             try:
+                inspect_seg(path)  # header checks and the decoded-size limit, before any pixel is decoded
                 refs = referenced_series(path)
                 total, _ = seg_volume_ml(path)
+            except SegRefused as exc:
+                raise FeedbackError(f"the uploaded file is not a usable DICOM SEG: {exc}") from exc
             except Exception as exc:  # any parse failure: not a usable SEG
                 raise FeedbackError(f"the uploaded file is not a readable DICOM SEG ({type(exc).__name__})") from exc
         if refs and not refs & set(res["series_instance_uids"] or []):

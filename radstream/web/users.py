@@ -11,6 +11,9 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from radstream.web.passwords import PasswordPolicy, PasswordRejected
+from radstream.web.sessions import revoke_user
+
 ROLES = ("reader", "qc", "admin")
 # marker stored instead of a hash for accounts that sign in through LDAP only
 LDAP_ONLY = "!ldap"
@@ -41,9 +44,12 @@ def check_username(username: str) -> str:
     return username
 
 
-def hash_password(password: str) -> str:
-    if len(password) < 8:
-        raise UserError("passwords need at least 8 characters")
+def hash_password(password: str, *, username: str | None = None, policy: PasswordPolicy | None = None) -> str:
+    """The argon2id hash of a password that satisfies ``policy`` (default: the shipped policy)."""
+    try:
+        (policy or PasswordPolicy()).check(password, username)
+    except PasswordRejected as exc:
+        raise UserError(str(exc)) from exc
     return _hasher.hash(password)
 
 
@@ -56,12 +62,12 @@ _COLS = "username, role, display_name, disabled, password_hash, created_at, last
 
 
 def add_user(conn: psycopg.Connection[Any], username: str, role: str, password: str | None,
-             display_name: str | None = None) -> User:
+             display_name: str | None = None, *, policy: PasswordPolicy | None = None) -> User:
     """Create an account; ``password=None`` makes an LDAP-only account."""
     check_username(username)
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
-    pw_hash = LDAP_ONLY if password is None else hash_password(password)
+    pw_hash = LDAP_ONLY if password is None else hash_password(password, username=username, policy=policy)
     try:
         row = conn.execute(
             f"INSERT INTO users (username, password_hash, role, display_name) VALUES (%s, %s, %s, %s) "
@@ -84,14 +90,25 @@ def get_user(conn: psycopg.Connection[Any], username: str) -> User | None:
 
 
 def set_disabled(conn: psycopg.Connection[Any], username: str, disabled: bool = True) -> bool:
-    cur = conn.execute("UPDATE users SET disabled = %s WHERE username = %s", (disabled, username))
-    return cur.rowcount == 1
+    """Disable (or enable) an account; disabling ends its sessions at once."""
+    with conn.transaction():
+        cur = conn.execute("UPDATE users SET disabled = %s WHERE username = %s", (disabled, username))
+        found = cur.rowcount == 1
+        if found and disabled:
+            revoke_user(conn, username)
+    return found
 
 
-def set_password(conn: psycopg.Connection[Any], username: str, password: str) -> bool:
-    cur = conn.execute("UPDATE users SET password_hash = %s WHERE username = %s",
-                       (hash_password(password), username))
-    return cur.rowcount == 1
+def set_password(conn: psycopg.Connection[Any], username: str, password: str, *,
+                 policy: PasswordPolicy | None = None) -> bool:
+    """A new password (checked against ``policy``); every session of the account ends."""
+    pw_hash = hash_password(password, username=username, policy=policy)
+    with conn.transaction():
+        cur = conn.execute("UPDATE users SET password_hash = %s WHERE username = %s", (pw_hash, username))
+        found = cur.rowcount == 1
+        if found:
+            revoke_user(conn, username)
+    return found
 
 
 def verify_local(conn: psycopg.Connection[Any], username: str, password: str) -> User | None:

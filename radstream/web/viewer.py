@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import psycopg
 import pydicom
 from numpy.typing import NDArray
 
+from radstream.settings import Settings
 from radstream.store import path_for_uri
 from radstream.web.context import Web
-from radstream.web.images import Volume, best_slice, load_volume, seg_labels
+from radstream.web.images import LRU, Volume, best_slice, load_volume, seg_labels
 from radstream.web.instances import series_instances
 
 
@@ -25,6 +26,23 @@ class View:
         return best_slice(self.labels) if self.labels is not None else self.volume.depth // 2
 
 
+class ViewCache(Protocol):
+    """Where loaded source volumes and label maps are kept (the web app's, or a tool's own)."""
+
+    settings: Settings
+    volumes: LRU
+    labels: LRU
+
+
+@dataclass
+class ImageCache:
+    """A :class:`ViewCache` for tools outside the web app (``radstream study report``)."""
+
+    settings: Settings
+    volumes: LRU = field(default_factory=lambda: LRU(4))
+    labels: LRU = field(default_factory=lambda: LRU(16))
+
+
 def source_instances(conn: psycopg.Connection[Any], result: dict[str, Any]) -> list[tuple[str, str]]:
     for uid in result.get("series_instance_uids") or []:
         inst = series_instances(conn, uid)
@@ -33,7 +51,7 @@ def source_instances(conn: psycopg.Connection[Any], result: dict[str, Any]) -> l
     return []
 
 
-def load_view(web: Web, conn: psycopg.Connection[Any], result: dict[str, Any]) -> View | None:
+def load_view(web: ViewCache, conn: psycopg.Connection[Any], result: dict[str, Any]) -> View | None:
     """The result's first source series with its SEG as labels; None when the images are not at hand."""
     root = web.settings.store_root
     key = result["result_id"]

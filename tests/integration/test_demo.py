@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,6 +69,11 @@ def test_demo_runs_end_to_end_and_agrees_with_the_ground_truth(tmp_path_factory:
     assert all(r[4] == "completed" and "✓" in r for r in rows), rows
     changes = [r for r in rows if r[0] == "brain-tumour" and any(v[0] in "+-" and v.endswith("%") for v in r)]
     assert len(changes) == 4, rows  # timepoints 2 and 3 of each patient
+    # the blinded liver study: both human sources and the model, and the expert agreeing with the model
+    study = out.stdout.split("Blinded liver study", 1)[1]
+    assert re.search(r"^expert\s+1\s", study, re.M) and re.search(r"^novice\s+1\s", study, re.M), study
+    dice = [float(line.split()[-2]) for line in study.splitlines() if line.startswith("expert ") and "model:" in line]
+    assert len(dice) == 3 and min(dice) >= 0.99, study
     # --stop left nothing listening
     for name, value in ports.items():
         port = int(value.rsplit(":", 1)[-1])

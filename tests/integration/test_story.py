@@ -10,60 +10,25 @@ No event is built by hand and no writer is called here.
 
 from __future__ import annotations
 
-import html
 import io
 import os
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from radstream.bench.stack import BenchStack, StackConfig
-from radstream.db.connect import connect
+from tests.integration.story_support import PASSWORD, Browser, Study, cells, cli, csrf, send, studies, view
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.postgres, pytest.mark.dicom,
               pytest.mark.timeout(900)]
 
-PASSWORD = "story-Passw0rd-long"
 THRESHOLD_PCT = 25.0  # the brain pipeline's progression threshold (settings default)
 VOLUME_TOLERANCE_PCT = 2.0
-
-
-@dataclass
-class Study:
-    kind: str
-    timepoint: int
-    study_date: str  # YYYYMMDD as the files carry it
-    study_uid: str
-    accession: str
-    folder: Path
-    truth: dict[str, Any]
-
-    @property
-    def iso_date(self) -> str:
-        d = self.study_date
-        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
-
-
-def _studies(root: Path) -> list[Study]:
-    from radstream.synth.generate import load_truth
-
-    out = []
-    for s in load_truth(root)["studies"]:
-        folders = {(root / f).parent for se in s["series"] for f in se["files"]}
-        assert len(folders) == 1
-        out.append(Study(s["kind"], s["timepoint"], s["study_date"], s["study_instance_uid"], s["accession_number"],
-                         folders.pop(), s["truth"]))
-    return sorted(out, key=lambda s: (s.kind, s.timepoint, s.accession))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +43,7 @@ def exams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Study]]:
     late = tmp_path_factory.mktemp("story-late")
     synthesize(late, SynthConfig(seed=1603, brain_patients=1, liver_patients=0, hip_patients=0, timepoints=1,
                                  mr_shape=(24, 64, 64)))
-    return {"brain": _studies(brain), "hip": _studies(hip), "late": _studies(late)}
+    return {"brain": studies(brain), "hip": studies(hip), "late": studies(late)}
 
 
 @pytest.fixture(scope="module")
@@ -89,76 +54,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchStack]:
     try:
         st.up()
         for name, role in (("reader1", "reader"), ("qc1", "qc")):
-            _cli(st, "users", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+            cli(st, "users", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
         yield st
     finally:
         st.down()
 
 
-def _cli(stack: BenchStack, *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run([sys.executable, "-m", "radstream.cli", *args], env={**os.environ, **stack.env()},
-                         input=stdin, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
-
-def _send(stack: BenchStack, study: Study, *, with_dcmtk: bool = False) -> None:
-    if with_dcmtk:
-        storescu = shutil.which("storescu")
-        assert storescu, "dcmtk's storescu is needed (scripts/bootstrap.sh installs it)"
-        files = sorted(str(p) for p in study.folder.glob("*.dcm"))
-        out = subprocess.run([storescu, "-aet", "MR01", "-aec", "RADSTREAM", "127.0.0.1", str(stack.dicom_port),
-                              *files], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True,
-                             timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-    else:
-        _cli(stack, "send", str(study.folder), "--aet", "MR01", "--no-progress")
-
-
-def _view(stack: BenchStack, sql: str, *params: object) -> list[dict[str, Any]]:
-    from psycopg.rows import dict_row
-
-    with connect(stack.settings, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql, params)
-        return list(cur.fetchall())
-
-
-class Browser:
-    """A signed-in user of the review app over HTTP: cookies, CSRF tokens from the forms, as a browser."""
-
-    def __init__(self, base_url: str, username: str) -> None:
-        self.http = httpx.Client(base_url=base_url, follow_redirects=True, timeout=30)
-        page = self.http.get("/login")
-        r = self.http.post("/login", data={"username": username, "password": PASSWORD, "next": "",
-                                           "csrf_token": _csrf(page.text)})
-        assert r.status_code == 200 and "/login" not in str(r.url), (r.status_code, r.text[:500])
-
-    def get(self, path: str) -> httpx.Response:
-        return self.http.get(path)
-
-    def submit(self, path: str, fields: dict[str, str]) -> httpx.Response:
-        form = self.http.get(path)
-        assert form.status_code == 200, form.status_code
-        return self.http.post(path, data={**fields, "csrf_token": _csrf(form.text)})
-
-
-def _csrf(page: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert m, page[:500]
-    return m.group(1)
-
-
-def _cells(page: str, table_id: str) -> list[list[str]]:
-    """The text of each body row's cells of one table of a page."""
-    m = re.search(rf'<table[^>]*id="{table_id}".*?<tbody>(.*?)</tbody>', page, re.S)
-    assert m, f"no table {table_id}"
-    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", m.group(1), re.S)
-    return [[html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)]
-            for r in rows]
-
-
 def _brain_rows(stack: BenchStack) -> list[dict[str, Any]]:
-    return _view(stack, "SELECT * FROM v_longitudinal WHERE pipeline = 'brain-tumour' AND measurement = 'volume'"
+    return view(stack, "SELECT * FROM v_longitudinal WHERE pipeline = 'brain-tumour' AND measurement = 'volume'"
                         " ORDER BY timepoint")
 
 
@@ -205,7 +108,7 @@ def test_brain_timepoints_sent_out_of_order_are_ordered_by_study_date(
     arrived: list[Study] = []
     for index in (2, 0, 3, 1):  # the 3rd, the 1st, the 4th, the 2nd
         study = brain[index]
-        _send(stack, study, with_dcmtk=index == 0)
+        send(stack, study, with_dcmtk=index == 0)
         arrived.append(study)
         _wait_rows(stack, len(arrived), f"the brain result of timepoint {index + 1}")
         _check_longitudinal(_brain_rows(stack), arrived)
@@ -223,9 +126,9 @@ def test_brain_timepoints_sent_out_of_order_are_ordered_by_study_date(
     reader = Browser(stack.web_url, "reader1")
     worklist = reader.get("/worklist?pipeline=brain-tumour")
     assert worklist.status_code == 200
-    cells = _cells(worklist.text, "worklist")
+    wl_rows = cells(worklist.text, "worklist")
     for s in brain:
-        row = next(c for c in cells if s.accession in c)
+        row = next(c for c in wl_rows if s.accession in c)
         assert s.iso_date in row, row
         assert rows[0]["study_description"] in row, row
 
@@ -234,7 +137,7 @@ def test_brain_timepoints_sent_out_of_order_are_ordered_by_study_date(
     assert page.status_code == 200
     by_date = sorted(brain, key=lambda s: s.study_date)
     assert by_date[-1].iso_date in re.search(r'id="study-date">(.*?)</dd>', page.text, re.S).group(1)  # type: ignore[union-attr]
-    priors = _cells(page.text, "priors-1")
+    priors = cells(page.text, "priors-1")
     assert [c[1] for c in priors] == [s.iso_date for s in by_date]
     assert [c[0] for c in priors] == ["1", "2", "3", "4"]
     # the plot's x axis is the study date: the points' dates in order, spaced by the days between them
@@ -274,10 +177,10 @@ def _screenshot(stack: BenchStack, path: str, reader: Browser) -> None:
 def test_hip_results_reach_readers_only_after_qc_approval(stack: BenchStack, exams: dict[str, list[Study]]) -> None:
     approved, rejected = exams["hip"]
     for s in (approved, rejected):
-        _cli(stack, "send", str(s.folder), "--aet", "DX01", "--no-progress")
+        cli(stack, "send", str(s.folder), "--aet", "DX01", "--no-progress")
 
     def hip() -> dict[str, dict[str, Any]]:
-        return {r["study_instance_uid"]: r for r in _view(
+        return {r["study_instance_uid"]: r for r in view(
             stack, "SELECT * FROM v_worklist WHERE pipeline = 'hip-fracture'")}
 
     eventually(lambda: len(hip()) == 2, 180, what="both hip results")
@@ -313,16 +216,16 @@ def test_late_instances_amend_the_result_and_the_worklist_shows_it_once(
     (study,) = exams["late"]
     files = sorted(study.folder.glob("*.dcm"))
     assert len(files) == 24
-    _cli(stack, "send", *map(str, files[:18]), "--aet", "MR02", "--no-progress")
+    cli(stack, "send", *map(str, files[:18]), "--aet", "MR02", "--no-progress")
 
     def results() -> list[dict[str, Any]]:
-        return _view(stack, "SELECT * FROM v_worklist WHERE study_instance_uid = %s ORDER BY stored_at",
+        return view(stack, "SELECT * FROM v_worklist WHERE study_instance_uid = %s ORDER BY stored_at",
                      study.study_uid)
 
     eventually(lambda: len(results()) == 1, 120, what="the result of the partial series")
     (first,) = results()
     # the rest of the series arrives after its result exists (a re-send, late images)
-    _cli(stack, "send", *map(str, files[18:]), "--aet", "MR02", "--no-progress")
+    cli(stack, "send", *map(str, files[18:]), "--aet", "MR02", "--no-progress")
     eventually(lambda: len(results()) == 2, 120, what="the amended result")
     old, new = results()
     assert old["result_id"] == first["result_id"]
@@ -330,7 +233,7 @@ def test_late_instances_amend_the_result_and_the_worklist_shows_it_once(
     assert new["superseded_by_result_id"] is None
 
     # the amended result is the one that stands: on the longitudinal view, with the whole series' volume
-    (tp,) = _view(stack, "SELECT * FROM v_longitudinal WHERE study_instance_uid = %s AND measurement = 'volume'",
+    (tp,) = view(stack, "SELECT * FROM v_longitudinal WHERE study_instance_uid = %s AND measurement = 'volume'",
                   study.study_uid)
     truth = study.truth["volumes_ml"]["lesion"]
     assert tp["result_id"] == new["result_id"]
@@ -338,7 +241,7 @@ def test_late_instances_amend_the_result_and_the_worklist_shows_it_once(
 
     reader = Browser(stack.web_url, "reader1")
     worklist = reader.get("/worklist").text
-    assert sum(study.accession in " ".join(row) for row in _cells(worklist, "worklist")) == 1
+    assert sum(study.accession in " ".join(row) for row in cells(worklist, "worklist")) == 1
     assert new["result_id"] in worklist and old["result_id"] not in worklist
     page = reader.get(f"/results/{new['result_id']}").text
     assert 'id="amended"' in page and "Amended result" in page
@@ -352,13 +255,13 @@ def test_late_instances_amend_the_result_and_the_worklist_shows_it_once(
     seg, expected_ml = _corrected_seg(study.folder)
     form = reader.get(f"/results/{new['result_id']}").text
     r = reader.http.post(f"/results/{new['result_id']}/feedback",
-                         data={"csrf_token": _csrf(form), "f0_agree": "disagree", "comment": "lesion redrawn"},
+                         data={"csrf_token": csrf(form), "f0_agree": "disagree", "comment": "lesion redrawn"},
                          files={"seg_file": ("corrected.dcm", seg, "application/dicom")})
     assert r.status_code == 200, r.text[:500]
 
     def correction() -> list[str]:
         page = reader.get(f"/results/{new['result_id']}").text
-        priors = _cells(page, "priors-1")
+        priors = cells(page, "priors-1")
         return priors[0] if priors and "by " in priors[0][4] else []  # #, date, accession, volume, corrected
 
     eventually(lambda: bool(correction()), 60, what="the corrected volume on the page")
@@ -367,7 +270,7 @@ def test_late_instances_amend_the_result_and_the_worklist_shows_it_once(
     assert corrected == pytest.approx(expected_ml, rel=0.01)
     assert "by reader1" in row[4] and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[4])
     assert float(row[3]) == pytest.approx(tp["volume_ml"], abs=0.01)  # the model's volume stays beside it
-    (c,) = _view(stack, "SELECT * FROM v_corrections WHERE result_id = %s", new["result_id"])
+    (c,) = view(stack, "SELECT * FROM v_corrections WHERE result_id = %s", new["result_id"])
     assert c["corrected_by"] == "reader1" and c["corrected_volume_ml"] == pytest.approx(expected_ml, rel=0.01)
 
 
@@ -405,13 +308,13 @@ def test_report_figures_match_what_the_story_did(stack: BenchStack, exams: dict[
     import numpy as np
 
     out = stack.home / "story-report.csv"
-    _cli(stack, "report", "--csv", str(out))
+    cli(stack, "report", "--csv", str(out))
     report = {r["pipeline"]: r for r in csv.DictReader(out.open())}
     brain = report["brain-tumour"]
     studies = {s.study_uid for s in exams["brain"] + exams["late"]}
     assert int(brain["exams_received"]) == len(studies) == 5
     assert int(brain["exams_processed"]) == 5 and int(brain["exams_failed"]) == 0
-    rows = _view(stack, "SELECT * FROM v_worklist WHERE pipeline = 'brain-tumour'")
+    rows = view(stack, "SELECT * FROM v_worklist WHERE pipeline = 'brain-tumour'")
     assert int(brain["results"]) == len(rows) == 6  # the late study's first result and its amendment
     # turnaround from the real timestamps: the last instance's arrival (as the results topic carries it)
     # to the result stored (the worklist view)

@@ -228,7 +228,7 @@ def test_deep_links_redirect_after_sign_in(seeded: tuple[Settings, Seeded], app_
 
 
 def _signed_session(key: str, session: dict[str, object]) -> str:
-    """A session cookie as Starlette's SessionMiddleware signs one (itsdangerous over base64 JSON)."""
+    """A session cookie as Starlette's SessionMiddleware signed one (itsdangerous over base64 JSON): the old format."""
     import base64
     import json
 
@@ -239,18 +239,31 @@ def _signed_session(key: str, session: dict[str, object]) -> str:
 
 
 def test_a_cookie_signed_with_the_public_placeholder_opens_nothing(seeded: tuple[Settings, Seeded]) -> None:
-    """The shipped session secret is public: the app never signs with it (a random key under home instead)."""
+    """The shipped session secret is public: the app never signs with it (development: a random key under home;
+    production: it refuses to start). A cookie signed with it, for a session that really exists, opens nothing."""
     from radstream.settings import DEFAULT_SESSION_SECRET
     from radstream.web.security import session_key
+    from radstream.web.sessions import COOKIE, SessionStore
 
     settings, _ = seeded
     assert settings.web.session_secret.get_secret_value() == DEFAULT_SESSION_SECRET
+    assert settings.environment == "development"
     with TestClient(create_app(settings), base_url="http://127.0.0.1", follow_redirects=False) as client:
-        client.cookies.set("radstream_session", _signed_session(DEFAULT_SESSION_SECRET, {"user": "admin1"}))
+        # the old cookie format, signed with the placeholder, claiming the admin
+        client.cookies.set(COOKIE, _signed_session(DEFAULT_SESSION_SECRET, {"user": "admin1"}))
         r = client.get("/admin/users")
         assert r.status_code in (302, 303, 307) and "/login" in r.headers["location"]
-        # the control: the same cookie signed with the key the app really uses opens the page
+        # a real admin session in the database, its id signed with the placeholder
+        with connect(settings, autocommit=True) as conn:
+            sid, _ = SessionStore(settings, session_key(settings)[0]).create(conn, "admin1")
+        client.cookies.set(COOKIE, SessionStore(settings, DEFAULT_SESSION_SECRET).sign(sid))
+        r = client.get("/admin/users")
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        # the control: the same session id signed with the key the app really uses opens the page
         key, path = session_key(settings)
         assert path is not None and key != DEFAULT_SESSION_SECRET
-        client.cookies.set("radstream_session", _signed_session(key, {"user": "admin1"}))
+        client.cookies.set(COOKIE, SessionStore(settings, key).sign(sid))
         assert client.get("/admin/users").status_code == 200
+        # a session id alone (the SHA-256 in the table is not it either) opens nothing
+        client.cookies.set(COOKIE, sid)
+        assert client.get("/admin/users").status_code == 303

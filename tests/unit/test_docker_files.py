@@ -286,3 +286,24 @@ def test_dashboard_charts_metrics_the_processes_export() -> None:
         assert word in titles
     assert "radstream_consumer_group_lag" in used and "radstream_end_to_end_seconds_bucket" in used
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+def test_the_scp_listens_beyond_loopback_only_where_deployed(
+    compose: dict[str, Any], k8s_docs: list[dict[str, Any]], defaults: Settings
+) -> None:
+    # secure by default: a development or test SCP is reachable from this machine only ...
+    assert defaults.dicom.bind_address == "127.0.0.1"
+    # ... and the production shapes say explicitly that it listens on the container's interfaces
+    assert compose["services"]["ingest"]["environment"]["RADSTREAM_DICOM__BIND_ADDRESS"] == "0.0.0.0"
+    cm = next(d for d in k8s_docs if d["kind"] == "ConfigMap")
+    assert cm["data"]["RADSTREAM_DICOM__BIND_ADDRESS"] == "0.0.0.0"
+    ingest = next(d for d in k8s_docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "ingest")
+    (container,) = ingest["spec"]["template"]["spec"]["containers"]
+    assert {"configMapRef": {"name": cm["metadata"]["name"]}} in container["envFrom"]
+    assert re.search(r"RADSTREAM_DICOM__BIND_ADDRESS=0\.0\.0\.0", (DOCKER / "Dockerfile").read_text())
+    # the settings really read the variable
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, {"RADSTREAM_DICOM__BIND_ADDRESS": "0.0.0.0"}):
+        assert Settings(_env_file=None).dicom.bind_address == "0.0.0.0"  # type: ignore[call-arg]

@@ -98,5 +98,5 @@ def test_session_key_is_never_the_public_placeholder(tmp_path: Path) -> None:
     empty = Settings(home=tmp_path / "home", web={"session_secret": ""})  # type: ignore[arg-type]
     assert session_key(empty) == (key, path)
     path.write_text("short\n")
-    with pytest.raises(RuntimeError, match="no usable session key"):
+    with pytest.raises(RuntimeError, match="no usable secret"):
         session_key(s)

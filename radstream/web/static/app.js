@@ -10,9 +10,17 @@
     var ov = document.getElementById("overlay-img");
     var out = document.getElementById("slice-no");
     var cache = {};
+    var base = box.dataset.overlayBase || ("/results/" + id + "/overlay/");
+    var choice = document.getElementById("seg-choice");
+    if (choice) {
+      choice.addEventListener("change", function () {
+        base = choice.value;
+        show(Number(slider.value));
+      });
+    }
     function show(k) {
       img.src = "/results/" + id + "/slices/" + k + ".png";
-      if (ov) { ov.src = "/results/" + id + "/overlay/" + k + ".png"; }
+      if (ov) { ov.src = base + k + ".png"; }
       out.textContent = String(k + 1);
       box.dataset.current = String(k);
       // warm the neighbours so dragging feels immediate

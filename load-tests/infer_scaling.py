@@ -50,7 +50,6 @@ operators:
     params: {window: [0, 4095]}
   - op: triton_infer
     params: {batch_dim: true}
-outputs: [detections]
 """
 
 
@@ -158,7 +157,7 @@ def main() -> None:
                 home=home / "home", pipelines=["wait-bench"],
                 kafka={"bootstrap_servers": kafka.bootstrap, "default_partitions": 8},
                 triton={"host": "127.0.0.1", "grpc_port": triton.grpc_port, "http_port": triton.http_port},
-                inference={"pipelines_dir": home / "pipelines"},
+                pipelines_dir=home / "pipelines",
             )
             env = {**os.environ, "RADSTREAM_HOME": str(home / "home"),
                    "RADSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RADSTREAM_PIPELINES": '["wait-bench"]',

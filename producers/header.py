@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -113,46 +112,3 @@ def header_bytes(path: Path, layout_pixel_offset: int | None, limit: int = 64 * 
     return data
 
 
-# --- typed values for the event (bad values become None, never an error) ---
-
-
-def text(ds: Dataset, keyword: str) -> str | None:
-    try:
-        value = ds.get(keyword)
-    except Exception:
-        return None
-    if value is None:
-        return None
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = "\\".join(str(v) for v in value)
-    result = str(value).strip("\0 ")
-    return result or None
-
-
-def integer(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        if value is None or value == "":
-            return None
-        if isinstance(value, pydicom.multival.MultiValue):
-            value = value[0]
-        result = int(value)
-    except Exception:
-        return None
-    return result if -(2**31) <= result < 2**31 else None
-
-
-def floats(ds: Dataset, keyword: str) -> list[float] | None:
-    try:
-        value: Any = ds.get(keyword)
-        if value is None or value == "":
-            return None
-        items = list(value) if isinstance(value, pydicom.multival.MultiValue | list | tuple) else [value]
-        return [float(v) for v in items]
-    except Exception:
-        return None
-
-
-def floating(ds: Dataset, keyword: str) -> float | None:
-    values = floats(ds, keyword)
-    return values[0] if values else None

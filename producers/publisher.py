@@ -63,7 +63,7 @@ class Publisher:
         self.producer = EventProducer(settings, client_id, **overrides)
         self.codec = self.producer.codec
         self.outbox: Outbox | None = (
-            Outbox(settings.home / "ingest" / "outbox.sqlite3") if settings.ingest.outbox else None
+            Outbox(settings.outbox_path) if settings.ingest.outbox else None
         )
         self.write_ahead = self.outbox is not None and settings.ingest.publish_mode == "outbox"
         self._lock = threading.Lock()

@@ -39,12 +39,8 @@ from radstream.producers.header import (
     SUCCESS,
     Header,
     Rejected,
-    floating,
-    floats,
     header_bytes,
-    integer,
     read_header,
-    text,
 )
 from radstream.producers.metrics import IngestMetrics
 from radstream.producers.phi import strip_phi
@@ -52,9 +48,12 @@ from radstream.producers.publisher import Publisher, PublishFailed, Route
 from radstream.producers.scu import set_nodelay
 
 from radstream import __version__
+from radstream.events.header_fields import header_fields, text
 from radstream.events.models import DeadLetter, InstanceReceived
 from radstream.observability import Observability, kafka_ready
 from radstream.patient_key import patient_key
+from radstream.pipelines.facts import attributes_of
+from radstream.pipelines.spec import called_ae_routes, collected_keywords, deployment_pipelines
 from radstream.secrets import site_secret
 from radstream.settings import Settings
 from radstream.store import ContentStore, hash_file
@@ -116,9 +115,10 @@ class IngestServer:
         # first: refuses a placeholder in production, and a secret other than the store's (radstream.secrets)
         self._secret = site_secret(settings)
         self.publisher: Publisher | None = Publisher(settings, self.metrics) if settings.ingest.publish else None
-        self.called_ae_titles: dict[str, list[str]] = {
-            settings.dicom.ae_title: [], **settings.ingest.called_ae_titles
-        }
+        # the pipeline files: their AE titles are served, the tags their rules name are collected
+        specs = deployment_pipelines(settings)
+        self.called_ae_titles: dict[str, list[str]] = called_ae_routes(settings, specs)
+        self.routing_keywords = collected_keywords(settings, specs)
         self.allowed_calling = {t.strip() for t in settings.dicom.allowed_calling_ae_titles}
         self.allowed_networks = [ipaddress.ip_network(p, strict=False) for p in settings.dicom.allowed_peers]
         self.client_ae_titles = {k: frozenset(t.strip() for t in v)
@@ -411,22 +411,7 @@ class IngestServer:
             sop_instance_uid=h.sop_instance_uid,
             series_instance_uid=h.series_instance_uid,
             study_instance_uid=h.study_instance_uid,
-            accession_number=text(ds, "AccessionNumber"),
-            modality=text(ds, "Modality"),
-            body_part_examined=text(ds, "BodyPartExamined"),
-            series_description=text(ds, "SeriesDescription"),
-            series_number=integer(ds, "SeriesNumber"),
-            instance_number=integer(ds, "InstanceNumber"),
-            image_position_patient=floats(ds, "ImagePositionPatient"),
-            image_orientation_patient=floats(ds, "ImageOrientationPatient"),
-            pixel_spacing=floats(ds, "PixelSpacing"),
-            slice_thickness=floating(ds, "SliceThickness"),
-            rows=integer(ds, "Rows"),
-            columns=integer(ds, "Columns"),
-            number_of_frames=integer(ds, "NumberOfFrames"),
-            station_name=text(ds, "StationName"),
-            manufacturer=text(ds, "Manufacturer"),
-            study_date=text(ds, "StudyDate"),
+            **header_fields(ds),
             calling_ae_title=calling,
             called_ae_title=called,
             peer_address=peer,
@@ -435,10 +420,8 @@ class IngestServer:
             sha256=sha,
             store_uri=uri,
             received_at=now,
-            study_time=text(ds, "StudyTime"),
-            study_description=text(ds, "StudyDescription"),
-            institution_name=text(ds, "InstitutionName"),
-            referring_physician_name=text(ds, "ReferringPhysicianName"),
+            attributes=attributes_of(ds, self.routing_keywords),
+            ae_pipelines=self.called_ae_titles.get(called, []),
         )
 
     def _reject(

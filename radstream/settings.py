@@ -22,6 +22,15 @@ from pydantic_settings import (
 )
 
 
+def refuse_moved(data: Any, moved: dict[str, str]) -> Any:
+    """Refuse keys that used to live in a section: the setting now lives where ``moved`` says."""
+    if isinstance(data, dict):
+        for key, where in moved.items():
+            if key in data:
+                raise ValueError(f"{key} is no longer read here: {where}")
+    return data
+
+
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "localhost:9092"
     topic_prefix: str = "radstream"
@@ -114,8 +123,25 @@ class IngestSettings(BaseModel):
 
     called_ae_titles: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="further called AE titles -> pipelines they feed (dicom.ae_title feeds routing rules)",
+        description="further called AE titles -> the pipelines an instance sent to it goes to (their routing rules "
+                    "skipped, their selection applied); an empty list: routing rules decide, as for dicom.ae_title. "
+                    "Pipeline files add theirs with `ae_titles:`",
     )
+    routing_tags: list[str] = Field(
+        default_factory=list,
+        description="DICOM keywords collected onto the events for routing rules, besides the defaults "
+                    "(radstream.pipelines.facts.DEFAULT_ROUTING_TAGS) and those pipeline files name",
+    )
+
+    @field_validator("routing_tags")
+    @classmethod
+    def _carriable(cls, v: list[str]) -> list[str]:
+        from radstream.pipelines.facts import refusal
+
+        refused = [why for kw in v if (why := refusal(kw)) is not None]
+        if refused:
+            raise ValueError("; ".join(refused))
+        return v
     transfer_syntaxes: list[str] = Field(
         default_factory=lambda: [
             "1.2.840.10008.1.2",  # implicit VR little endian
@@ -137,6 +163,9 @@ class IngestSettings(BaseModel):
     publish: bool = Field(True, description="publish InstanceReceived; off only for benchmarks")
     publish_timeout_s: float = Field(5.0, gt=0, description="wait for Kafka's ack before using the outbox")
     outbox: bool = Field(True, description="queue events durably while Kafka is down (else refuse C-STORE)")
+    outbox_path: Path | None = Field(
+        None, description="the write-ahead outbox (SQLite); default <home>/ingest/outbox.sqlite3. Durable state: "
+                          "on a persistent volume of its own per ingest instance (compose, K8s StatefulSet)")
     publish_mode: Literal["outbox", "kafka"] = Field(
         "outbox",
         description="outbox: success once the event is fsynced in the outbox, drained to Kafka in order at once; "
@@ -197,7 +226,6 @@ DEFAULT_BLINDING_SALT = "change-me-blinding-salt"
 class InferenceSettings(BaseModel):
     """Inference workers (``radstream infer --pipeline NAME``)."""
 
-    pipelines_dir: Path | None = Field(None, description="pipeline files; default <project>/pipelines")
     blinding_salt: SecretStr = Field(
         SecretStr(DEFAULT_BLINDING_SALT),
         description="HMAC key of the blinding hash; production: must be set; development: a random one under "
@@ -208,6 +236,11 @@ class InferenceSettings(BaseModel):
     pacs_port: int = 104
     pacs_ae_title: str = "PACS"
     calling_ae_title: str = "RADSTREAM"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved(data, {"pipelines_dir": "set the top-level pipelines_dir"})
 
 
 class LdapSettings(BaseModel):
@@ -286,10 +319,11 @@ class SinkSettings(BaseModel):
         default_factory=lambda: {"brain-tumour": 25.0},
         description="per pipeline: volume increase from baseline, in %, that flags progression",
     )
-    qc_required: list[str] = Field(
-        default_factory=lambda: ["hip-fracture"],
-        description="pipelines whose results reach readers only after a QC approval",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved(data, {"qc_required": "say `qc_required: true` in the pipeline's file"})
 
 
 class TimeoutOverride(BaseModel):
@@ -322,7 +356,11 @@ class DispatcherSettings(BaseModel):
     """stream-apps dispatcher: completed series/studies -> InferenceRequested (radstream dispatch)."""
 
     group_id: str = "radstream-dispatcher"
-    pipelines_dir: Path | None = Field(None, description="folder of pipeline files; default <repo>/pipelines")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return refuse_moved(data, {"pipelines_dir": "set the top-level pipelines_dir"})
 
 
 class ObservabilitySettings(BaseModel):
@@ -425,10 +463,11 @@ class Settings(BaseSettings):
     accept_new_site_secret: bool = Field(
         False, description="start although the site secret differs from the one the existing data was keyed "
                            "with (records the new fingerprint); patient keys will not match older data")
-    pipelines: list[str] = Field(
-        default_factory=lambda: ["brain-tumour", "liver", "hip-fracture"],
-        description="pipelines that get a requests topic",
-    )
+    pipelines: list[str] | None = Field(
+        None, description="the pipelines this deployment runs (each a file in pipelines_dir); default: every "
+                          "enabled pipeline file. They get requests topics, workers and the results sink's reads")
+    pipelines_dir: Path | None = Field(
+        None, description="the pipeline files (every process reads the same folder); default <project>/pipelines")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
@@ -453,6 +492,25 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # init (explicit / config file) < *_FILE secrets < env: environment variables win over the file.
         return (env_settings, _FileEnvSource(settings_cls), init_settings, file_secret_settings)
+
+    def pipeline_names(self) -> list[str]:
+        """The pipelines this deployment runs: ``pipelines`` if set, else every enabled pipeline file."""
+        if self.pipelines is not None:
+            return list(self.pipelines)
+        from radstream.pipelines.spec import deployment_pipelines
+
+        return [p.name for p in deployment_pipelines(self)]
+
+    @property
+    def pipelines_folder(self) -> Path:
+        from radstream.pipelines.spec import DEFAULT_PIPELINES_DIR
+
+        return self.pipelines_dir if self.pipelines_dir is not None else DEFAULT_PIPELINES_DIR
+
+    @property
+    def outbox_path(self) -> Path:
+        p = self.ingest.outbox_path
+        return p if p is not None else self.home / "ingest" / "outbox.sqlite3"
 
     @property
     def store_root(self) -> Path:

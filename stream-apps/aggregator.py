@@ -21,7 +21,7 @@ from radstream.events.models import InstanceReceived, SeriesCompleted, StudyComp
 from radstream.kafka.consumer import Received
 from radstream.observability import Observability, kafka_ready
 from radstream.pipelines.rules import SeriesFacts, routed
-from radstream.pipelines.spec import PipelineSpec, load_pipelines
+from radstream.pipelines.spec import PipelineSpec, deployment_pipelines
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class NotAnInstance(ValueError):
 def pipeline_timeouts(settings: Settings) -> list[PipelineTimeouts]:
     """The quiet periods of the enabled pipelines whose files set ``completion``."""
     out = []
-    for spec in load_pipelines(settings.dispatcher.pipelines_dir):
+    for spec in deployment_pipelines(settings):
         c = spec.completion
         if c is None:
             continue

@@ -17,7 +17,7 @@ from radstream.events.models import SeriesCompleted, StudyCompleted
 from radstream.kafka.consumer import Received
 from radstream.kafka.topics import create_topics
 from radstream.observability import Observability, kafka_ready
-from radstream.pipelines.spec import PipelineSpec, load_pipelines
+from radstream.pipelines.spec import PipelineSpec, deployment_pipelines
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class DispatcherWorker(TxLoop):
     component = "dispatcher"
 
     def __init__(self, settings: Settings, pipelines: list[PipelineSpec] | None = None) -> None:
-        self.pipelines = pipelines if pipelines is not None else load_pipelines(settings.dispatcher.pipelines_dir)
+        self.pipelines = pipelines if pipelines is not None else deployment_pipelines(settings)
         super().__init__(settings, settings.dispatcher.group_id, [settings.topic("series"), settings.topic("studies")],
                          settings.topic("dispatcher.changelog"), timer_interval_s=60.0,
                          fill_batches=False)  # a completion becomes its requests at once
@@ -79,8 +79,8 @@ class DispatcherWorker(TxLoop):
 
 
 def run(settings: Settings) -> None:
-    pipelines = load_pipelines(settings.dispatcher.pipelines_dir)
-    create_topics(settings, pipelines=sorted({*settings.pipelines, *(p.name for p in pipelines)}))
+    pipelines = deployment_pipelines(settings)
+    create_topics(settings, pipelines=[p.name for p in pipelines])
     worker = DispatcherWorker(settings, pipelines)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     worker.obs = Observability.for_component(settings, "dispatch")

@@ -199,6 +199,10 @@ class SeriesState:
     closed_at: float | None = None
     chunks: int = 0  # changelog chunks of this series' instances written so far
     legacy_instance_keys: bool = False  # restored from one-record-per-instance changelog keys
+    # the routing facts of the series' first instance (radstream.pipelines.facts)
+    manufacturer: str | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    ae_pipelines: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -284,7 +288,7 @@ class Aggregator:
                 ev.study_instance_uid, ev.series_instance_uid, ev.called_ae_title, ev.calling_ae_title,
                 ev.accession_number, ev.modality, ev.body_part_examined, ev.series_description,
                 ev.series_number, ev.image_orientation_patient, ev.slice_thickness, ev.station_name,
-                opened_at=now)
+                opened_at=now, manufacturer=ev.manufacturer, attributes=ev.attributes, ae_pipelines=ev.ae_pipelines)
             study.series_keys.append(sk)
         elif not s.open:
             s.open, s.late, s.opened_at, s.closed_at = True, True, now, None
@@ -400,6 +404,7 @@ class Aggregator:
             instances=reconstruction_order(s.instances.values()),
             study_date=study.study_date, study_time=study.study_time, study_description=study.study_description,
             institution_name=study.institution_name, referring_physician_name=study.referring_physician_name,
+            manufacturer=s.manufacturer, attributes=s.attributes, ae_pipelines=s.ae_pipelines,
         )
 
     def _close_study(self, p: PatientState, st: StudyState, now: float,

@@ -5,29 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from radstream.events.header_fields import header_fields
 from radstream.events.models import Trigger
+from radstream.pipelines.facts import attributes_of
 from radstream.pipelines.rules import SeriesFacts, requirements_met, select
-from radstream.pipelines.spec import resolve_pipeline
+from radstream.pipelines.spec import called_ae_routes, collected_keywords, deployment_pipelines, resolve_pipeline
 from radstream.settings import Settings
 
 
-def _plain(value: Any) -> Any:
-    from pydicom.multival import MultiValue
-    from pydicom.valuerep import IS, DSfloat
-
-    if isinstance(value, MultiValue | list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, DSfloat):
-        return float(value)
-    if isinstance(value, IS):
-        return int(value)
-    if isinstance(value, bytes):
-        return None
-    return value if isinstance(value, int | float) else str(value)
-
-
-def series_on_disk(path: Path, called_ae: str | None = None, calling_ae: str | None = None) -> list[SeriesFacts]:
-    """Group the DICOM files under ``path`` into series (attributes of the first instance, count of all)."""
+def series_on_disk(path: Path, keywords: frozenset[str], called_ae: str | None = None,
+                   calling_ae: str | None = None, ae_pipelines: list[str] | None = None) -> list[SeriesFacts]:
+    """Group the DICOM files under ``path`` into series, each with the facts its SeriesCompleted event
+    would carry (the first instance's attributes, read as the SCP reads them; the count of all)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -45,17 +34,9 @@ def series_on_disk(path: Path, called_ae: str | None = None, calling_ae: str | N
         if key in found:
             found[key].instance_count += 1
             continue
-        attrs: dict[str, Any] = {}
-        for elem in ds:
-            if elem.keyword and elem.VR != "SQ":
-                v = _plain(elem.value)
-                if v is not None:
-                    attrs[elem.keyword] = v
-        if called_ae:
-            attrs["CalledAETitle"] = called_ae
-        if calling_ae:
-            attrs["CallingAETitle"] = calling_ae
-        found[key] = SeriesFacts(study, series, 1, attrs)
+        fields: dict[str, Any] = {**header_fields(ds), "study_instance_uid": study, "series_instance_uid": series,
+                                  "called_ae_title": called_ae, "calling_ae_title": calling_ae}
+        found[key] = SeriesFacts.from_fields(fields, attributes_of(ds, keywords), 1, ae_pipelines or [])
     return sorted(found.values(), key=lambda f: (f.study_instance_uid, int(f.attrs.get("SeriesNumber") or 0),
                                                  f.series_instance_uid))
 
@@ -63,8 +44,15 @@ def series_on_disk(path: Path, called_ae: str | None = None, calling_ae: str | N
 def explain(settings: Settings, pipeline: str, path: Path, called_ae: str | None = None,
             calling_ae: str | None = None) -> tuple[int, str]:
     """(exit code: 0 when some series is selected, 1 when none; the explanation)."""
-    spec = resolve_pipeline(pipeline, settings.dispatcher.pipelines_dir)
-    facts = series_on_disk(path, called_ae, calling_ae)
+    spec = resolve_pipeline(pipeline, settings.pipelines_dir)
+    specs = deployment_pipelines(settings)
+    if spec.name not in {s.name for s in specs}:
+        specs.append(spec)
+    routes = called_ae_routes(settings, specs)
+    if called_ae is not None and called_ae not in routes:
+        return 2, f"called AE title {called_ae!r} is not served (served: {', '.join(sorted(routes))})"
+    facts = series_on_disk(path, collected_keywords(settings, specs), called_ae, calling_ae,
+                           routes.get(called_ae, []) if called_ae else [])
     lines = [f"pipeline {spec.name} v{spec.version} (model {spec.model.name}:{spec.model.version or 'latest'}), "
              f"trigger {', '.join(t.value for t in spec.trigger)}; {len(facts)} series under {path}"]
     total = 0

@@ -59,8 +59,9 @@ def encode_series(s: SeriesState) -> bytes:
     data = [s.study_uid, s.series_uid, s.called_ae_title, s.calling_ae_title, s.accession_number, s.modality,
             s.body_part_examined, s.series_description, s.series_number, s.image_orientation_patient,
             s.slice_thickness, s.station_name, _ms(s.first_received_at), _ms(s.last_received_at), s.opened_at,
-            s.last_seen, s.revision, s.open, s.late, s.closed_at, s.chunks]
-    return json.dumps({"v": 3, "s": data}, separators=(",", ":")).encode()
+            s.last_seen, s.revision, s.open, s.late, s.closed_at, s.chunks, s.manufacturer, s.attributes,
+            s.ae_pipelines]
+    return json.dumps({"v": 4, "s": data}, separators=(",", ":")).encode()
 
 
 def encode_instance(i: InstanceRef) -> bytes:
@@ -90,8 +91,10 @@ def decode_series(value: bytes) -> SeriesState:
     chunks = row[20] if len(row) > 20 else 0  # v2 records had no chunks
     (study, series, called, calling, acc, modality, body, desc, number, iop, thick, station, first, last,
      opened, last_seen, rev, is_open, late, closed) = row[:20]
+    manufacturer, attributes, ae_pipelines = row[21:24] if len(row) > 21 else (None, {}, [])  # v4 added them
     return SeriesState(study, series, called, calling, acc, modality, body, desc, number, iop, thick, station,
-                       {}, _dt(first), _dt(last), opened, last_seen, rev, is_open, late, closed, chunks)
+                       {}, _dt(first), _dt(last), opened, last_seen, rev, is_open, late, closed, chunks,
+                       manufacturer=manufacturer, attributes=attributes, ae_pipelines=ae_pipelines)
 
 
 def pack_chunk(entries: list[bytes]) -> bytes:

@@ -64,7 +64,7 @@ class InferenceWorker:
     def __init__(self, settings: Settings, pipeline: str, spec: InferencePipelineSpec | None = None,
                  client_id: str | None = None) -> None:
         self.settings = settings
-        self.spec = spec or load_inference_pipeline(pipeline, settings.inference.pipelines_dir)
+        self.spec = spec or load_inference_pipeline(pipeline, settings.pipelines_dir)
         self.name = pipeline
         self.chain = Chain(settings, self.spec)
         cid = client_id or f"{COMPONENT}-{pipeline}-{uuid.uuid4().hex[:6]}"

@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 from radstream.consumers.sinks.runner import SinkSpec
 
+from radstream.db.migrate import sync_pipelines
 from radstream.db.results_writer import ResultRows, prepare_connection, write_result_rows
 from radstream.settings import Settings
 
@@ -17,5 +18,11 @@ def _write(conn: psycopg.Connection[Any], rows: Any) -> None:
 
 def results_spec(settings: Settings) -> SinkSpec:
     """Results, plus every pipeline's requests topic (the exams each pipeline received, for the report)."""
-    topics = (settings.topic("results"), *(settings.topic(f"requests.{p}") for p in settings.pipelines))
-    return SinkSpec(name="results", topics=topics, new_rows=ResultRows, write=_write, prepare=prepare_connection)
+    topics = (settings.topic("results"), *(settings.topic(f"requests.{p}") for p in settings.pipeline_names()))
+
+    def prepare(conn: psycopg.Connection[Any]) -> None:
+        # the pipeline files decide the QC gate: a file changed since the last migration counts from now
+        sync_pipelines(conn, settings)
+        prepare_connection(conn)
+
+    return SinkSpec(name="results", topics=topics, new_rows=ResultRows, write=_write, prepare=prepare)

@@ -33,7 +33,9 @@ class StackConfig:
     partitions: int = 3
     topic_prefix: str = "bench"
     pipelines: tuple[str, ...] = ("brain-tumour", "liver", "hip-fracture")
+    pipelines_dir: Path | None = None  # default: the project's pipelines/
     triton_wait_ms: float = 0.0
+    triton_repository: Path | None = None  # default: docker/triton (the reference models)
     web: bool = False  # also the review app and the feedback sink (scenario tests read the pages)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -47,7 +49,9 @@ class BenchStack:
         self.kafka = KafkaServer(self.home / "kafka", port=free_port(), controller_port=free_port())
         self.postgres = PostgresServer(self.home / "postgres", port=free_port())
         self.triton = TritonServer(self.home / "triton", http_port=free_port(), grpc_port=free_port(),
-                                   metrics_port=free_port(), wait_ms=self.config.triton_wait_ms)
+                                   metrics_port=free_port(), wait_ms=self.config.triton_wait_ms,
+                                   **({"repository": self.config.triton_repository}
+                                      if self.config.triton_repository is not None else {}))
         self.dicom_port = free_port()
         self.web_port = free_port()
         self.session_secret = secrets.token_urlsafe(32)  # the review app's, private to this stack
@@ -64,6 +68,7 @@ class BenchStack:
             "home": self.home,
             "site_secret": SITE_SECRET,
             "pipelines": list(c.pipelines),
+            "pipelines_dir": c.pipelines_dir,
             "kafka": {"bootstrap_servers": self.kafka.bootstrap, "topic_prefix": c.topic_prefix,
                       "default_partitions": c.partitions},
             "postgres": {"host": "127.0.0.1", "port": self.postgres.port, "managed": False},
@@ -113,6 +118,8 @@ class BenchStack:
             "RADSTREAM_WEB__HOST": "127.0.0.1",
             "RADSTREAM_WEB__SESSION_SECRET": self.session_secret,
         }
+        if self.config.pipelines_dir is not None:
+            env["RADSTREAM_PIPELINES_DIR"] = str(self.config.pipelines_dir)
         env.update(self.config.extra_env)
         return env
 

@@ -113,8 +113,12 @@ def migrate(settings: Settings) -> list[Migration]:
 
 
 def sync_pipelines(conn: psycopg.Connection[Any], settings: Settings) -> None:
-    """Write the settings' per-pipeline rules (threshold, QC gate) into the ``pipelines`` table."""
-    names = set(settings.pipelines) | set(settings.sinks.progression_threshold_pct) | set(settings.sinks.qc_required)
+    """Write each pipeline's rules into the ``pipelines`` table: its QC gate from its file
+    (``qc_required:``), its progression threshold from the settings."""
+    from radstream.pipelines.spec import load_pipeline_file
+
+    qc = {p.stem: load_pipeline_file(p).qc_required for p in sorted(settings.pipelines_folder.glob("*.yaml"))}
+    names = set(qc) | set(settings.pipeline_names()) | set(settings.sinks.progression_threshold_pct)
     with conn.transaction():
         for name in sorted(names):
             conn.execute(
@@ -124,5 +128,5 @@ def sync_pipelines(conn: psycopg.Connection[Any], settings: Settings) -> None:
                        qc_required = EXCLUDED.qc_required, updated_at = now()
                    WHERE (pipelines.progression_threshold_pct, pipelines.qc_required)
                          IS DISTINCT FROM (EXCLUDED.progression_threshold_pct, EXCLUDED.qc_required)""",
-                (name, settings.sinks.progression_threshold_pct.get(name), name in settings.sinks.qc_required),
+                (name, settings.sinks.progression_threshold_pct.get(name), qc.get(name, False)),
             )

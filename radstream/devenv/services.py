@@ -39,7 +39,7 @@ def radstream_services(settings: Settings, extra_env: Mapping[str, str] | None =
         ServiceSpec("dispatch", ("dispatch",), env),
     ]
     infer_off = settings.observability.port_for("infer") == 0  # /metrics of the workers switched off
-    for i, pipeline in enumerate(settings.pipelines):
+    for i, pipeline in enumerate(settings.pipeline_names()):
         ports = {**settings.observability.ports, "infer": 0 if infer_off else INFER_METRICS_BASE_PORT + i}
         specs.append(ServiceSpec(f"infer-{pipeline}", ("infer", "--pipeline", pipeline),
                                  {**env, "RADSTREAM_OBSERVABILITY__PORTS": json.dumps(ports)}))

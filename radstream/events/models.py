@@ -202,6 +202,8 @@ class InstanceReceived(Event):
     study_description: str | None = None
     institution_name: str | None = None
     referring_physician_name: str | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    ae_pipelines: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -235,6 +237,9 @@ class SeriesCompleted(Event):
     study_description: str | None = None
     institution_name: str | None = None
     referring_physician_name: str | None = None
+    manufacturer: str | None = None
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    ae_pipelines: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True, kw_only=True)

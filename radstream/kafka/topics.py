@@ -36,7 +36,7 @@ def topic_specs(settings: Settings, pipelines: list[str] | None = None) -> list[
         TopicSpec(settings.topic("schemas"), 1, {"cleanup.policy": "compact", "retention.ms": "-1"},
                   "writer schemas by fingerprint (compacted)"),
     ]
-    for name in pipelines if pipelines is not None else settings.pipelines:
+    for name in pipelines if pipelines is not None else settings.pipeline_names():
         specs.append(TopicSpec(settings.topic(f"requests.{name}"), n, dict(keep),
                                f"InferenceRequested for pipeline {name}, key = patient key"))
     return specs

@@ -27,8 +27,8 @@ def scale_pipeline(settings: Settings, pipeline: str, partitions: int, timeout: 
     New partitions take new keys only: a patient's earlier requests stay where they were, so
     ordering per patient holds for new events; in-flight ones finish on their old partition.
     """
-    if pipeline not in settings.pipelines:
-        raise ScaleError(f"unknown pipeline {pipeline!r}; known: {', '.join(settings.pipelines)}")
+    if pipeline not in settings.pipeline_names():
+        raise ScaleError(f"unknown pipeline {pipeline!r}; known: {', '.join(settings.pipeline_names())}")
     topic = settings.topic(f"requests.{pipeline}")
     client = admin(settings)
     md = client.list_topics(topic=topic, timeout=timeout)

@@ -48,7 +48,7 @@ class OffPathWorker(InferenceWorker):
     def __init__(self, settings: Settings, pipeline: str, *, group: str, topic: str, component: str,
                  model_version: str | None = None, shadow: bool = False, client_id: str | None = None) -> None:
         # deliberately not super().__init__(): that subscribes the live group and would rebalance it
-        base = load_inference_pipeline(pipeline, settings.inference.pipelines_dir)
+        base = load_inference_pipeline(pipeline, settings.pipelines_dir)
         self.settings = settings
         self.spec = with_model_version(base, model_version) if model_version else base
         self.name = pipeline

@@ -16,16 +16,17 @@ A pipeline file (``pipelines/<name>.yaml``) holds, besides routing and series se
         params: {window: [0, 1200]}
       - op: triton_infer
       ...
-    blinded: false
-    outputs: [measurements, seg, sr]
+    request_timeout_s: 600
 
-Adding a pipeline that reuses operators is a new file, no code.
+A worker loads its file through :func:`radstream.pipelines.spec.load_pipeline_file` first, so an
+unknown key anywhere in the file stops it as it stops the dispatcher. Adding a pipeline that reuses
+operators is a new file, no code.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,7 +60,7 @@ class TritonModelSpec(BaseModel):
 
 
 class InferencePipelineSpec(BaseModel):
-    """What an inference worker needs from a pipeline file; other keys belong to the dispatcher."""
+    """What an inference worker needs from a pipeline file (checked whole by ``PipelineSpec`` first)."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
@@ -68,9 +69,18 @@ class InferencePipelineSpec(BaseModel):
     description: str = ""
     model: TritonModelSpec
     operators: list[OperatorSpec] = Field(min_length=1)
-    blinded: bool = False
-    outputs: list[str] = Field(default_factory=lambda: ["measurements", "seg", "sr"])
+    blinded: bool = Field(False, description="a blinding operator runs before the writers (added if not listed)")
+    qc_required: bool = False
     request_timeout_s: float = Field(600.0, gt=0, description="a request running longer fails (retriable)")
+
+    WRITERS: ClassVar[tuple[str, ...]] = ("seg_writer", "sr_writer")
+
+    def model_post_init(self, __context: Any) -> None:
+        # `blinded: true` is what blinds: the blinding operator runs before the first writer unless listed
+        ops = [o.op for o in self.operators]
+        if self.blinded and "blinding" not in ops:
+            at = next((i for i, op in enumerate(ops) if op in self.WRITERS), len(ops))
+            self.operators.insert(at, OperatorSpec(op="blinding"))
 
 
 def pipelines_dir(configured: Path | None = None) -> Path:
@@ -79,11 +89,9 @@ def pipelines_dir(configured: Path | None = None) -> Path:
 
 def load_inference_pipeline(name: str, directory: Path | None = None) -> InferencePipelineSpec:
     """Read and validate ``<directory>/<name>.yaml``."""
+    from radstream.pipelines.spec import load_pipeline_file
+
     path = pipelines_dir(directory) / f"{name}.yaml"
+    load_pipeline_file(path)  # the whole file: unknown keys, rules, consistency
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a pipeline file holds a mapping")
-    spec = InferencePipelineSpec.model_validate(data)
-    if spec.name != name:
-        raise ValueError(f"{path}: name {spec.name!r} does not match the file name")
-    return spec
+    return InferencePipelineSpec.model_validate(data)

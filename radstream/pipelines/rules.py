@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radstream.events.models import SeriesCompleted
+from radstream.pipelines.facts import EVENT_FIELDS, plain
 from radstream.pipelines.spec import Condition, PipelineSpec, SelectionRule
 
 # routing/selection field -> DICOM keyword (or pseudo attribute) looked up in SeriesFacts.attrs
@@ -34,12 +35,14 @@ def orientation_label(iop: list[float] | None) -> str | None:
 
 @dataclass
 class SeriesFacts:
-    """What the rules see of one series, from a SeriesCompleted event or from files on disk."""
+    """What the rules see of one series: the attributes its ``SeriesCompleted`` event carries
+    (:mod:`radstream.pipelines.facts`), whether from the event or from files on disk."""
 
     study_instance_uid: str
     series_instance_uid: str
     instance_count: int
     attrs: dict[str, Any] = field(default_factory=dict)  # DICOM keyword -> value
+    ae_pipelines: list[str] = field(default_factory=list)  # named by the called AE title ([]: rules decide)
 
     @property
     def orientation(self) -> str | None:
@@ -47,17 +50,18 @@ class SeriesFacts:
         return orientation_label([float(x) for x in iop]) if iop else None
 
     @classmethod
+    def from_fields(cls, fields: dict[str, Any], attributes: dict[str, list[str]], instance_count: int,
+                    ae_pipelines: list[str]) -> SeriesFacts:
+        """From event fields (by field name) and the ``attributes`` map, as a SeriesCompleted holds them."""
+        attrs: dict[str, Any] = {kw: plain(v) for kw, v in attributes.items() if v}
+        attrs.update({kw: fields[name] for kw, name in EVENT_FIELDS.items() if fields.get(name) is not None})
+        return cls(fields["study_instance_uid"], fields["series_instance_uid"], instance_count, attrs,
+                   list(ae_pipelines))
+
+    @classmethod
     def from_event(cls, ev: SeriesCompleted) -> SeriesFacts:
-        attrs: dict[str, Any] = {
-            "Modality": ev.modality, "BodyPartExamined": ev.body_part_examined,
-            "SeriesDescription": ev.series_description, "SeriesNumber": ev.series_number,
-            "ImageOrientationPatient": ev.image_orientation_patient, "SliceThickness": ev.slice_thickness,
-            "StationName": ev.station_name, "AccessionNumber": ev.accession_number,
-            "CalledAETitle": ev.called_ae_title, "CallingAETitle": ev.calling_ae_title,
-            "StudyInstanceUID": ev.study_instance_uid, "SeriesInstanceUID": ev.series_instance_uid,
-        }
-        return cls(ev.study_instance_uid, ev.series_instance_uid, len(ev.instances),
-                   {k: v for k, v in attrs.items() if v is not None})
+        fields = {name: getattr(ev, name) for name in EVENT_FIELDS.values()}
+        return cls.from_fields(fields, ev.attributes, len(ev.instances), ev.ae_pipelines)
 
 
 @dataclass
@@ -74,6 +78,11 @@ def _check(label: str, cond: Condition, value: Any, reasons: list[str]) -> bool:
 
 def routed(spec: PipelineSpec, facts: SeriesFacts) -> Verdict:
     reasons: list[str] = []
+    if facts.ae_pipelines:  # sent to an AE title that names its pipelines: they, and only they, get it
+        ok = spec.name in facts.ae_pipelines
+        reasons.append(f"{'ok ' if ok else 'NO '} called AE title {facts.attrs.get('CalledAETitle', '?')!r} "
+                       f"names {facts.ae_pipelines}: routing rules not applied")
+        return Verdict(ok, reasons)
     ok = True
     for name, cond in spec.routing.conditions():
         keyword = FIELD_KEYWORDS.get(name, name)

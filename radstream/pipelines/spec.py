@@ -40,12 +40,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from radstream.events.models import Trigger
+from radstream.pipelines.facts import refusal, routing_keywords
+from radstream.pipelines.operators_spec import OperatorSpec, TritonModelSpec
+
+if TYPE_CHECKING:
+    from radstream.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PIPELINES_DIR = PROJECT_ROOT / "pipelines"
@@ -166,15 +171,6 @@ def _triggers(raw: Any) -> Any:
     return raw
 
 
-class ModelRef(BaseModel):
-    """The model a request names; the inference worker reads the full form (tensors etc.)."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-    name: str
-    version: str = ""
-
-
 class Completion(BaseModel):
     """This pipeline's quiet periods for the series it routes (the aggregator's part).
 
@@ -190,24 +186,46 @@ class Completion(BaseModel):
     max_age_s: float | None = Field(None, gt=0, description="force-complete a series or study open this long")
 
 
-class PipelineSpec(BaseModel):
-    """A pipeline file as the dispatcher reads it; other sections pass through untouched."""
+AE_TITLE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+class PipelineSpec(BaseModel):
+    """A whole pipeline file. Every key is read by some process; an unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: str = "1"
     description: str = ""
     enabled: bool = True
     shadow: bool = Field(False, description="requests are marked shadow (results not shown to readers)")
+    qc_required: bool = Field(False, description="results reach readers and the PACS only after a QC approval")
+    blinded: bool = Field(False, description="readers see the result without its model's identity")
     routing: Routing = Field(default_factory=Routing)
     selection: SelectionRule = Field(default_factory=SelectionRule)
     require: list[SelectionRule] = Field(default_factory=list, description="series that must all be present (RULE)")
     trigger: Annotated[list[Trigger], BeforeValidator(_triggers)] = Field(
         default_factory=lambda: [Trigger.SERIES_COMPLETE])
-    model: ModelRef
-    operators: list[dict[str, Any]] = Field(default_factory=list, description="read by the inference worker")
+    ae_titles: list[str] = Field(
+        default_factory=list, description="called AE titles of this pipeline: what is sent to one goes here "
+                                          "(routing skipped, selection applied); the SCP serves them")
+    model: TritonModelSpec = Field(description="the Triton model (read by the inference worker)")
+    operators: list[OperatorSpec] = Field(min_length=1, description="run in order by the inference worker")
+    request_timeout_s: float = Field(600.0, gt=0, description="a request running longer fails (retriable)")
     completion: Completion | None = Field(None, description="quiet periods of the series this pipeline routes")
+
+    @field_validator("ae_titles")
+    @classmethod
+    def _ae_titles(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if not AE_TITLE_RE.match(t)]
+        if bad:
+            raise ValueError(f"not AE titles (1-16 characters, no backslash or control characters): {bad}")
+        return v
+
+    def named_tags(self) -> set[str]:
+        """The DICOM keywords this file's rules name under ``tags:``."""
+        rules = [self.selection, *self.require]
+        return set(self.routing.tags) | {kw for r in rules for kw in r.tags}
 
     @field_validator("trigger")
     @classmethod
@@ -220,6 +238,12 @@ class PipelineSpec(BaseModel):
     def model_post_init(self, __context: Any) -> None:
         if Trigger.RULE in self.trigger and not self.require:
             raise ValueError(f"pipeline {self.name}: trigger RULE needs a `require` list")
+        refused = sorted({why for kw in self.named_tags() if (why := refusal(kw)) is not None})
+        if refused:
+            raise ValueError(f"pipeline {self.name}: a rule names what events do not carry: {'; '.join(refused)}")
+        ops = [o.op for o in self.operators]
+        if "blinding" in ops and not self.blinded:
+            raise ValueError(f"pipeline {self.name}: the blinding operator needs `blinded: true`")
 
 
 def load_pipeline_file(path: Path) -> PipelineSpec:
@@ -233,14 +257,15 @@ def load_pipeline_file(path: Path) -> PipelineSpec:
 
 
 def load_pipelines(directory: Path | None = None, names: list[str] | None = None) -> list[PipelineSpec]:
-    """Every pipeline file in the folder (only ``names`` if given), validated; enabled ones only."""
+    """The enabled pipeline files of the folder, validated; with ``names``, those files (an explicit
+    choice runs a file even where it says ``enabled: false``: an opt-in pipeline)."""
     folder = directory or DEFAULT_PIPELINES_DIR
     specs = []
     for path in sorted(folder.glob("*.yaml")):
         if names is not None and path.stem not in names:
             continue
         spec = load_pipeline_file(path)
-        if spec.enabled:
+        if spec.enabled or names is not None:
             specs.append(spec)
     return specs
 
@@ -251,3 +276,38 @@ def resolve_pipeline(ref: str, directory: Path | None = None) -> PipelineSpec:
     if p.suffix in (".yaml", ".yml") and p.exists():
         return load_pipeline_file(p)
     return load_pipeline_file((directory or DEFAULT_PIPELINES_DIR) / f"{ref}.yaml")
+
+
+def called_ae_routes(settings: Settings, specs: list[PipelineSpec]) -> dict[str, list[str]]:
+    """Every called AE title served -> the pipelines it names ([]: the routing rules decide).
+
+    ``dicom.ae_title`` names none; ``ingest.called_ae_titles`` and the pipeline files' ``ae_titles`` add
+    theirs (an AE title named in both feeds the union).
+    """
+    routes: dict[str, set[str]] = {settings.dicom.ae_title: set()}
+    known = {s.name for s in specs}
+    for title, names in settings.ingest.called_ae_titles.items():
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ValueError(f"ingest.called_ae_titles[{title!r}] names pipelines this deployment does not run: "
+                             f"{', '.join(unknown)} (runs: {', '.join(sorted(known))})")
+        routes.setdefault(title, set()).update(names)
+    for spec in specs:
+        for title in spec.ae_titles:
+            routes.setdefault(title, set()).add(spec.name)
+    return {title: sorted(names) for title, names in routes.items()}
+
+
+def collected_keywords(settings: Settings, specs: list[PipelineSpec]) -> frozenset[str]:
+    """The routing tags the SCP collects onto its events (defaults, the site's, those the files name)."""
+    return routing_keywords(settings.ingest.routing_tags, [kw for s in specs for kw in s.named_tags()])
+
+
+def deployment_pipelines(settings: Settings) -> list[PipelineSpec]:
+    """The pipeline files this deployment runs (``settings.pipelines`` if set, else every enabled one)."""
+    specs = load_pipelines(settings.pipelines_folder, settings.pipelines)
+    missing = sorted(set(settings.pipelines or ()) - {s.name for s in specs})
+    if missing:
+        raise ValueError(f"settings.pipelines names pipelines without a file in "
+                         f"{settings.pipelines_folder}: {', '.join(missing)}")
+    return specs

@@ -24,7 +24,7 @@ from radstream.web.users import ROLES, UserError, add_user, list_users, set_disa
 
 
 def _reports(web: Web, conn: Any) -> list[PipelineReport]:
-    names = sorted(set(web.settings.pipelines) | set(pipelines_in_db(conn)))
+    names = sorted(set(web.settings.pipeline_names()) | set(pipelines_in_db(conn)))
     return [pipeline_report(conn, n) for n in names]
 
 

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.unit
 
 
 def _pipeline(folder: Path, name: str, routing: dict[str, object], completion: dict[str, float] | None) -> None:
-    data: dict[str, object] = {"name": name, "routing": routing, "model": {"name": f"{name}_model"}}
+    data: dict[str, object] = {"name": name, "routing": routing, "model": {"name": f"{name}_model"},
+                             "operators": [{"op": "load_series"}]}
     if completion is not None:
         data["completion"] = completion
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
@@ -28,7 +29,7 @@ def _policy(tmp_path: Path, ae: dict[str, dict[str, float]] | None = None) -> Ti
     _pipeline(tmp_path, "mr-slow", {"modality": "^MR$", "series_description": "flair"}, {"series_quiet_s": 120})
     _pipeline(tmp_path, "mr-slower", {"modality": "^MR$", "station": "^MRI2$"}, {"series_quiet_s": 300})
     _pipeline(tmp_path, "plain", {"modality": "^MR$"}, None)  # no completion: changes nothing
-    s = Settings(dispatcher={"pipelines_dir": tmp_path},  # type: ignore[call-arg]
+    s = Settings(pipelines_dir=tmp_path,  # type: ignore[call-arg]
                  aggregator={"series_quiet_s": 60, "patient_quiet_s": 60, "overrides": ae or {}})
     pts = pipeline_timeouts(s)
     assert sorted(p.name for p in pts) == ["mr-slow", "mr-slower", "xray"]

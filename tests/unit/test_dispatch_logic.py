@@ -24,7 +24,8 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 def pipe(name: str, trigger: object, **kw: object) -> PipelineSpec:
     return PipelineSpec.model_validate({"name": name, "trigger": trigger, "model": {"name": f"{name}_m",
-                                                                                   "version": "1"}, **kw})
+                                                                                   "version": "1"},
+                                       "operators": [{"op": "load_series"}], **kw})
 
 
 def series(uid: str, desc: str, n: int, rev: int = 0, modality: str = "MR", study: str = "S") -> SeriesCompleted:

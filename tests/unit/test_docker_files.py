@@ -142,7 +142,7 @@ def test_compose_has_the_whole_system(compose: dict[str, Any], defaults: Setting
     configs = sorted((DOCKER / "triton").glob("*/config.pbtxt"))
     assert configs, "the mounted model repository holds no model"
     infer = {svc["command"][2] for n, svc in services.items() if svc.get("command", [""])[0] == "infer"}
-    assert infer == set(defaults.pipelines)
+    assert infer == set(defaults.pipeline_names())
     for p in infer:
         assert (ROOT / "pipelines" / f"{p}.yaml").is_file()
     wanted = {("ingest",), ("aggregate",), ("dispatch",), ("sink", "results"), ("sink", "feedback"), ("web",),
@@ -225,7 +225,7 @@ def test_ports_match_the_settings(compose: dict[str, Any], k8s_docs: list[dict[s
                     "sink-feedback": ports["sink_feedback"], "web": ports["web"],
                     "lag-exporter": ports["lag_exporter"]}
     for d in k8s_docs:
-        if d["kind"] != "Deployment" or d["metadata"]["name"] == "triton":
+        if d["kind"] not in ("Deployment", "StatefulSet") or d["metadata"]["name"] == "triton":
             continue
         (c,) = d["spec"]["template"]["spec"]["containers"]
         metrics = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
@@ -238,7 +238,7 @@ def test_inference_scales_per_pipeline_on_lag(k8s_docs: list[dict[str, Any]], de
 
     deployments = {d["metadata"]["name"]: d for d in k8s_docs if d["kind"] == "Deployment"}
     scaled = [d for d in k8s_docs if d["kind"] == "ScaledObject"]
-    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {f"infer-{p}" for p in defaults.pipelines}
+    assert {s["spec"]["scaleTargetRef"]["name"] for s in scaled} == {f"infer-{p}" for p in defaults.pipeline_names()}
     for s in scaled:
         target = s["spec"]["scaleTargetRef"]["name"]
         pipeline = target.removeprefix("infer-")
@@ -297,7 +297,7 @@ def test_the_scp_listens_beyond_loopback_only_where_deployed(
     assert compose["services"]["ingest"]["environment"]["RADSTREAM_DICOM__BIND_ADDRESS"] == "0.0.0.0"
     cm = next(d for d in k8s_docs if d["kind"] == "ConfigMap")
     assert cm["data"]["RADSTREAM_DICOM__BIND_ADDRESS"] == "0.0.0.0"
-    ingest = next(d for d in k8s_docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "ingest")
+    ingest = next(d for d in k8s_docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "ingest")
     (container,) = ingest["spec"]["template"]["spec"]["containers"]
     assert {"configMapRef": {"name": cm["metadata"]["name"]}} in container["envFrom"]
     assert re.search(r"RADSTREAM_DICOM__BIND_ADDRESS=0\.0\.0\.0", (DOCKER / "Dockerfile").read_text())
@@ -307,3 +307,27 @@ def test_the_scp_listens_beyond_loopback_only_where_deployed(
 
     with mock.patch.dict(os.environ, {"RADSTREAM_DICOM__BIND_ADDRESS": "0.0.0.0"}):
         assert Settings(_env_file=None).dicom.bind_address == "0.0.0.0"  # type: ignore[call-arg]
+
+
+def test_durable_local_state_lives_on_volumes(compose: dict[str, Any], k8s_docs: list[dict[str, Any]]) -> None:
+    """A C-STORE is answered success once its event is in the outbox: the outbox (and the store) must
+    outlive the container and the pod, each ingest replica with its own outbox."""
+    home = re.search(r"RADSTREAM_HOME=(\S+)", (DOCKER / "Dockerfile").read_text())
+    assert home
+    s = Settings(home=Path(home.group(1)))  # type: ignore[call-arg]
+    durable = {"outbox": s.outbox_path.parent, "store": s.store_root}
+    named = set(compose["volumes"])
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["ingest"]["volumes"]}
+    for what, path in durable.items():
+        assert mounts.get(str(path)) in named, f"compose: the ingest {what} ({path}) is not on a named volume"
+    ingest = next(d for d in k8s_docs if d["metadata"]["name"] == "ingest" and d["kind"] != "Service")
+    assert ingest["kind"] == "StatefulSet", "one outbox per replica needs a PVC per pod"
+    pod = ingest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    by_path = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    per_pod = {t["metadata"]["name"] for t in ingest["spec"]["volumeClaimTemplates"]}
+    shared = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert by_path[str(durable["outbox"])] in per_pod
+    assert by_path[str(durable["store"])] in shared
+    assert any(d["kind"] == "Service" and d["metadata"]["name"] == ingest["spec"]["serviceName"]
+               and d["spec"].get("clusterIP") == "None" for d in k8s_docs)

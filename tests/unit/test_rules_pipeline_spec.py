@@ -24,7 +24,8 @@ CORONAL = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
 
 
 def spec(**kw: object) -> PipelineSpec:
-    return PipelineSpec.model_validate({"name": "p", "model": {"name": "m", "version": "2"}, **kw})
+    return PipelineSpec.model_validate({"name": "p", "model": {"name": "m", "version": "2"},
+                                        "operators": [{"op": "load_series"}], **kw})
 
 
 def facts(desc: str = "AX FLAIR", n: int = 20, iop: list[float] = AXIAL, **attrs: object) -> SeriesFacts:
@@ -33,13 +34,22 @@ def facts(desc: str = "AX FLAIR", n: int = 20, iop: list[float] = AXIAL, **attrs
     return SeriesFacts("1.2", f"1.2.{desc}.{n}", n, a)
 
 
-def test_reference_pipeline_files_validate_and_keep_inference_sections() -> None:
+def test_reference_pipeline_files_validate_whole() -> None:
     specs = {p.name: p for p in load_pipelines(DEFAULT_PIPELINES_DIR)}
     assert {"brain-tumour", "liver", "hip-fracture"} <= set(specs)
     assert specs["hip-fracture"].trigger == [Trigger.STUDY_COMPLETE]
     assert Trigger.SERIES_COMPLETE in specs["brain-tumour"].trigger
-    assert specs["liver"].operators and specs["liver"].model.name  # extension sections pass through
-    assert specs["brain-tumour"].model_extra is not None and "outputs" in specs["brain-tumour"].model_extra
+    assert specs["hip-fracture"].qc_required and not specs["brain-tumour"].qc_required
+    assert specs["liver"].blinded and not specs["brain-tumour"].blinded
+    assert specs["liver"].operators and specs["liver"].model.name
+
+
+def test_unknown_keys_anywhere_in_a_file_are_refused() -> None:
+    for bad in ({"outputs": ["seg"]}, {"qc_requried": True},
+                {"model": {"name": "m", "tensors": 3}},
+                {"operators": [{"op": "load_series", "parms": {}}]}):
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            spec(**bad)
 
 
 def test_invalid_files_are_rejected() -> None:

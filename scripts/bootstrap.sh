@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Set up everything radstream needs on a fresh Debian 12 machine, idempotently:
-# Debian packages (PostgreSQL, dcmtk, Orthanc, dicom3tools, Chromium), a project-local
+# Debian packages (PostgreSQL, dcmtk, Orthanc, dicom3tools, Chromium, mricron-data: the Colin27
+# T1 brain MR and its brain mask, real images for the brain-extraction tests), a project-local
 # virtualenv with radstream installed, and the Kafka jars from Maven Central.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql dcmtk orthanc dicom3tools chromium chromium-driver)
+APT_PACKAGES=(postgresql dcmtk orthanc dicom3tools chromium chromium-driver mricron-data)
 PYTHON=${PYTHON:-python3}
 
 missing=()

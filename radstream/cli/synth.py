@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,8 +19,19 @@ def synth(
     ct_size: Annotated[str, typer.Option(help="columns x rows x slices")] = "64x64x40",
     dx_size: Annotated[str, typer.Option(help="columns x rows per radiograph (1600x1600 is about 5 MB)")] = "256x256",
     dx_images: Annotated[int, typer.Option(help="radiographs per exam")] = 2,
+    from_nifti: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="instead: write this NIfTI volume as one DICOM MR series into OUT (e.g. Colin27's ch2.nii.gz)")] = None,
+    patient_id: Annotated[str, typer.Option(help="with --from-nifti: Patient ID")] = "NIFTI-0001",
+    series_description: Annotated[str, typer.Option(help="with --from-nifti")] = "T1 3D (NIfTI)",
 ) -> None:
     """Write synthetic brain MR, liver CT and pelvis DX studies plus their ground truth (phantoms, not patients)."""
+    if from_nifti is not None:
+        from radstream.synth.nifti import nifti_to_dicom
+
+        s = nifti_to_dicom(from_nifti, out, patient_id=patient_id, series_description=series_description)
+        typer.echo(f"wrote {len(s.files)} MR instances ({s.shape[2]}x{s.shape[1]}x{s.shape[0]}, spacing "
+                   f"{'x'.join(f'{v:g}' for v in s.spacing)} mm) of series {s.series_uid} into {out}")
+        return
     from radstream.synth import SynthConfig, synthesize
 
     cols, rows = (int(v) for v in dx_size.lower().split("x"))

@@ -34,6 +34,7 @@ SEGMENT_CODES: dict[str, tuple[Code, Code]] = {
     "liver right lobe": (ANATOMY, Code("72481006", "SCT", "Right lobe of liver")),
     "liver left lobe": (ANATOMY, Code("41801008", "SCT", "Left lobe of liver")),
     "hepatic vessels": (ANATOMY, Code("59820001", "SCT", "Blood vessel")),
+    "brain": (ANATOMY, Code("12738006", "SCT", "Brain")),
 }
 ML = Code("mL", "UCUM", "milliliter")
 HIP_JOINT = Code("24136001", "SCT", "Hip joint")

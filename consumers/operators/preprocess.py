@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field
+from pydantic import Field, model_validator
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params, Volume
 
 
@@ -68,26 +68,66 @@ def labels_to_source(ctx: Context, labels: npt.NDArray[Any]) -> npt.NDArray[Any]
 
 
 class NormaliseParams(Params):
-    window: tuple[float, float] = Field(description="modality values mapped to 0 and 1")
+    mode: Literal["window", "zscore", "percentile"] = Field(
+        "window", description="window: (x - low) / (high - low); zscore: (x - mean) / std; percentile: the window "
+                              "between two percentiles of the volume")
+    window: tuple[float, float] | None = Field(None, description="mode window: modality values mapped to 0 and 1")
+    percentiles: tuple[float, float] = Field((0.5, 99.5), description="mode percentile: the window's percentiles")
+    nonzero: bool = Field(False, description="zscore/percentile statistics over voxels != 0 only (MR background)")
     clip: tuple[float, float] | None = Field(None, description="clip the normalised values to this range")
+    affine: tuple[float, float] | None = Field(None, description="then y * a + b (e.g. a network's training scale)")
+
+    @model_validator(mode="after")
+    def _check(self) -> NormaliseParams:
+        if self.mode == "window" and self.window is None:
+            raise ValueError("normalise: mode window needs window: [low, high]")
+        if self.mode != "window" and self.window is not None:
+            raise ValueError(f"normalise: window is for mode window, not {self.mode}")
+        if self.window is not None and self.window[1] <= self.window[0]:
+            raise ValueError("normalise: window high must exceed low")
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError("normalise: percentiles must satisfy 0 <= low < high <= 100")
+        return self
 
 
 class Normalise(Operator):
-    """(x - low) / (high - low) in float32, optionally clipped."""
+    """Intensity normalisation as the model was trained, in float32 on one new array (the input is kept):
+    a fixed window, a z-score, or a window between two percentiles; then an optional clip and affine."""
 
     op = "normalise"
     Params = NormaliseParams
 
-    def run(self, ctx: Context) -> None:
-        lo, hi = self.params.window
+    def _bounds(self, y: npt.NDArray[np.float32]) -> tuple[float, float]:
+        p: NormaliseParams = self.params
+        if p.mode == "window":
+            assert p.window is not None
+            return float(p.window[0]), float(p.window[1] - p.window[0])
+        values = y[y != 0] if p.nonzero else y
+        if values.size == 0:
+            raise OperatorError("normalise: no voxels to take statistics from")
+        if p.mode == "zscore":
+            mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+            if std == 0.0:
+                raise OperatorError("normalise: the volume is constant (standard deviation 0)")
+            return mean, std
+        lo, hi = (float(v) for v in np.percentile(values, p.percentiles))
         if hi <= lo:
-            raise OperatorError("normalise: window high must exceed low")
+            raise OperatorError(f"normalise: percentiles {p.percentiles} give an empty window ({lo}, {hi})")
+        return lo, hi - lo
+
+    def run(self, ctx: Context) -> None:
+        p: NormaliseParams = self.params
         out = []
         for x in ctx.model_inputs:
             y = np.array(x, dtype=np.float32)  # one new array (x stays as loaded), then in place
-            np.subtract(y, np.float32(lo), out=y)
-            np.divide(y, np.float32(hi - lo), out=y)
-            if self.params.clip is not None:
-                np.clip(y, self.params.clip[0], self.params.clip[1], out=y)
+            offset, scale = self._bounds(y)
+            np.subtract(y, np.float32(offset), out=y)
+            np.divide(y, np.float32(scale), out=y)
+            if p.clip is not None:
+                np.clip(y, p.clip[0], p.clip[1], out=y)
+            if p.affine is not None:
+                np.multiply(y, np.float32(p.affine[0]), out=y)
+                np.add(y, np.float32(p.affine[1]), out=y)
             out.append(y)
         ctx.model_inputs = out

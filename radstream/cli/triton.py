@@ -30,9 +30,22 @@ def serve() -> None:
 @app.command()
 def build(
     out: Annotated[Optional[Path], typer.Option(help="model repository folder (default docker/triton)")] = None,  # noqa: UP045
+    deepbet: Annotated[bool, typer.Option(
+        help="also deepbet's two brain-extraction networks (ONNX rebuilt from its PyPI wheel, downloaded once "
+             "into ~/.cache/radstream/deepbet); OUT then defaults to ~/.cache/radstream/triton, never docker/triton "
+             "(third-party weights stay out of the repository)")] = False,
 ) -> None:
     """(Re)build the reference ONNX models and their config.pbtxt (a Triton model repository)."""
     from radstream.models.build import DEFAULT_REPOSITORY, build_repository
 
+    if deepbet:
+        from radstream.models import deepbet as db
+
+        target = out or db.DEFAULT_CACHE.parent / "triton"
+        if target.resolve() == DEFAULT_REPOSITORY.resolve():
+            raise typer.BadParameter("deepbet's weights are not written into docker/triton (it is committed)")
+        for p in [*build_repository(target), *db.build_repository(target)]:
+            typer.echo(str(p))
+        return
     for p in build_repository(out or DEFAULT_REPOSITORY):
         typer.echo(str(p))

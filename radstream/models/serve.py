@@ -59,6 +59,9 @@ class ServeOptions:
     once per batch, and up to this many batches wait at the same time. With one instance, callers
     that drift out of phase wait for the batch in progress before their own."""
     ort_threads: int = 1
+    model_threads: int = 0
+    """onnxruntime threads of each other ONNX model in the repository (real networks such as deepbet's);
+    0: onnxruntime's default, one per core."""
     device: str = "cpu"
     """Where the reference models compute: "cpu" (onnxruntime) or a torch device such as "cuda"."""
     start_attempts: int = 3
@@ -124,8 +127,59 @@ def ensure_repository(repository: Path) -> None:
         build_repository(repository)
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(double)": "float64"}
+
+
+def extra_models(repository: Path) -> list[tuple[str, int, Path]]:
+    """Other ONNX models in the repository (``<name>/<version>/model.onnx``, e.g. deepbet's networks
+    from ``radstream models build --deepbet``): name, highest version, path."""
+    known = {s.name for s in REFERENCE_MODELS} | {WAIT_MODEL}
+    found = []
+    for folder in sorted(p for p in repository.iterdir() if p.is_dir() and p.name not in known) \
+            if repository.is_dir() else []:
+        versions = sorted((int(v.name), v / "model.onnx") for v in folder.iterdir()
+                          if v.name.isdigit() and (v / "model.onnx").exists())
+        if versions:
+            found.append((folder.name, *versions[-1]))
+    return found
+
+
+def _bind_onnx_model(triton: Any, name: str, version: int, path: Path, threads: int) -> None:
+    """Any ONNX model, its tensors as the file declares them (symbolic dimensions become -1)."""
+    import onnxruntime as ort
+    from pytriton.model_config import ModelConfig
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+    def spec(t: Any) -> Any:
+        if t.type not in _ORT_TYPES:
+            raise ValueError(f"{path}: tensor {t.name} has unsupported type {t.type}")
+        return _tensor(t.name, _ORT_TYPES[t.type], [d if isinstance(d, int) else -1 for d in t.shape])
+
+    ins, outs = session.get_inputs(), session.get_outputs()
+    names = [o.name for o in outs]
+
+    def infer(requests: list[Any]) -> list[dict[str, np.ndarray[Any, Any]]]:
+        results = []
+        for r in requests:
+            feed = {t.name: np.asarray(r[t.name], dtype=_ORT_TYPES[t.type]) for t in ins}
+            results.append(dict(zip(names, session.run(names, feed), strict=True)))
+        return results
+
+    triton.bind(model_name=name, infer_func=infer, inputs=[spec(t) for t in ins], outputs=[spec(t) for t in outs],
+                model_version=version, config=ModelConfig(batching=False), strict=True)
+
+
 def _bind_models(triton: Any, opts: ServeOptions) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig
+
+    for name, version, path in extra_models(opts.repository):
+        _bind_onnx_model(triton, name, version, path, opts.model_threads)
 
     for spec in REFERENCE_MODELS:
         path = opts.repository / spec.name / spec.version / "model.onnx"

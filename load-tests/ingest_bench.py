@@ -11,6 +11,14 @@ broker started here. TCP_NODELAY=1 is set for dcmtk. Usage:
 
     .venv/bin/python load-tests/ingest_bench.py --mr 200 --ct 1000 --rss-gb 1.0
 
+--processes N adds `radstream ingest --processes N` (the ingest pool: N SCP processes on one port with
+SO_REUSEPORT, publishing on) and a table of the pool vs the one process and vs Orthanc, with how the
+kernel spread each case's associations over the pool's processes (from their /metrics). To compare
+only these on 4 associations:
+
+    .venv/bin/python load-tests/ingest_bench.py --mr 100 --ct 400 --rss-gb 0 --associations 4 \
+        --processes 2 --only radstream,radstream-pool,orthanc
+
 --floor adds two bare pynetdicom SCPs that discard every data set (load-tests/bare_scp.py):
 what any pynetdicom SCP costs before it does any work, with pynetdicom's own polling loops
 and with radstream's event-driven ones.
@@ -107,19 +115,28 @@ def orthanc_server(work: Path) -> Server:
     return start, port, "ORTHANC"
 
 
-def radstream_server(work: Path, bootstrap: str, publish: bool) -> Server:
+def radstream_server(work: Path, bootstrap: str, publish: bool, processes: int = 1, metrics_port: int = 0) -> Server:
+    """`radstream ingest`; ``processes`` > 1: the pool, its process i with /metrics on ``metrics_port`` + i."""
     port = free_port()
     home = work / ("rs-home" if publish else "rs-home-nopub")
+    if processes > 1:
+        home = home.with_name(f"{home.name}-pool{processes}")
 
     @contextmanager
     def start() -> Iterator[int]:
         shutil.rmtree(home, ignore_errors=True)
         env = {**os.environ, "RADSTREAM_HOME": str(home), "RADSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "RADSTREAM_KAFKA__TOPIC_PREFIX": "bench", "RADSTREAM_DICOM__PORT": str(port),
-               "RADSTREAM_DICOM__BIND_ADDRESS": "127.0.0.1", "RADSTREAM_INGEST__METRICS_PORT": "0",
-               "RADSTREAM_DICOM__MAX_ASSOCIATIONS": "64"}
+               "RADSTREAM_DICOM__BIND_ADDRESS": "127.0.0.1", "RADSTREAM_INGEST__METRICS_PORT": str(metrics_port),
+               "RADSTREAM_DICOM__MAX_ASSOCIATIONS": "64",
+               # a benchmark machine: a random site secret under the home, not the production refusal
+               "RADSTREAM_ENVIRONMENT": os.environ.get("RADSTREAM_ENVIRONMENT", "development")}
         argv = [RADSTREAM, "ingest", "--log-level", "WARNING", *([] if publish else ["--no-publish"])]
+        if processes > 1:
+            argv += ["--processes", str(processes)]
         with running(argv, port, work, "radstream-ingest", env=env) as pid:
+            if processes > 1:  # the port opens with the first process: wait for all of them
+                wait_until(lambda: len(pool_split(metrics_port, processes)) == processes, 60, what="the pool")
             yield pid
 
     return start, port, "RADSTREAM"
@@ -140,6 +157,45 @@ def bare_pynetdicom_server(work: Path, event_driven: bool) -> Server:
             yield pid
 
     return start, port, "BARE"
+
+
+def pool_split(metrics_port: int, processes: int) -> list[float]:
+    """Instances each pool process stored so far (from its /metrics); only the processes that answer."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for i in range(processes):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port + i}/metrics", timeout=5) as rsp:
+                text = rsp.read().decode()
+        except OSError:
+            continue
+        out.append(sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                       if s.name == "radstream_ingest_instances_total"))
+    return out
+
+
+def consecutive_free_ports(n: int) -> int:
+    """A port p with p .. p+n-1 free now."""
+    import socket
+
+    for _ in range(100):
+        p = free_port()
+        socks = []
+        try:
+            for i in range(1, n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def warm_up_kafka(settings: Settings, records: int = 20_000) -> None:
@@ -173,6 +229,19 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def print_pool_table(results: dict[str, dict[str, float]], splits: dict[str, list[float]], processes: int) -> None:
+    """R1p: the pool vs the one process, and each vs Orthanc; the instances each pool process stored."""
+    print(f"\n| case | one process inst/s | pool({processes}) inst/s | pool / one | Orthanc | one / Orthanc "
+          "| pool / Orthanc | instances per pool process |")
+    print("|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
+    for case, r in results.items():
+        one, pool, oc = r.get("radstream", nan), r.get("radstream-pool", nan), r.get("orthanc", nan)
+        split = "/".join(f"{n:.0f}" for n in splits.get(case, []))
+        print(f"| {case} | {one:.1f} | {pool:.1f} | {pool / one:.2f} | {oc:.1f} | {one / oc:.2f} | {pool / oc:.2f} "
+              f"| {split} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mr", type=int, default=200, help="MR slices (0.5 MB each)")
@@ -180,6 +249,9 @@ def main() -> None:
     ap.add_argument("--rss-gb", type=float, default=1.0, help="GB of MR slices for the peak-RSS run (0 = skip)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--only", default="", help="comma-separated servers to run (default: all)")
+    ap.add_argument("--associations", default="1,4", help="comma-separated association counts (default 1,4)")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="also run the ingest pool with this many processes (radstream-pool; 0 = no pool)")
     ap.add_argument("--floor", action="store_true",
                     help="also run bare pynetdicom SCPs that discard each data set (stock and event-driven loops)")
     args = ap.parse_args()
@@ -204,20 +276,30 @@ def main() -> None:
             "dcmtk-storescp": dcmtk_server(work),
             "orthanc": orthanc_server(work),
         }
+        pool_metrics = 0
+        if args.processes > 1:
+            pool_metrics = consecutive_free_ports(args.processes)
+            servers["radstream-pool"] = radstream_server(work, kafka.bootstrap, publish=True,
+                                                         processes=args.processes, metrics_port=pool_metrics)
         if args.floor:
             servers["pynetdicom-discard"] = bare_pynetdicom_server(work, event_driven=False)
             servers["pynetdicom-discard-event-driven"] = bare_pynetdicom_server(work, event_driven=True)
         if args.only:
             servers = {k: v for k, v in servers.items() if k in args.only.split(",")}
         results: dict[str, dict[str, float]] = {}
+        splits: dict[str, list[float]] = {}
         for label, files in data.items():
-            for assocs in (1, 4):
+            for assocs in (int(a) for a in args.associations.split(",")):
                 case = f"{label}, {assocs} assoc"
                 results[case] = {}
                 for name, (start, port, aec) in servers.items():
                     with start():
                         storescu(files[:4], port, aec, 1)  # warm-up
+                        before = pool_split(pool_metrics, args.processes) if name == "radstream-pool" else []
                         elapsed = storescu(files, port, aec, assocs)
+                        if name == "radstream-pool":
+                            after = pool_split(pool_metrics, args.processes)
+                            splits[case] = [a - b for a, b in zip(after, before, strict=False)]
                     results[case][name] = len(files) / elapsed
                     print(f"{case:22s} {name:20s} {results[case][name]:8.1f} inst/s", flush=True)
         print("\n| case | radstream inst/s | no-publish | dcmtk storescp | Orthanc | R1 vs dcmtk | R1 vs Orthanc "
@@ -229,6 +311,8 @@ def main() -> None:
             dc, oc = r.get("dcmtk-storescp", nan), r.get("orthanc", nan)
             print(f"| {case} | {rs:.1f} | {nop:.1f} | {dc:.1f} | {oc:.1f} | {rs / dc:.2f} | {rs / oc:.2f} "
                   f"| {rs / nop:.2f} |")
+        if args.processes > 1:
+            print_pool_table(results, splits, args.processes)
         if args.floor:
             print("\n| case | pynetdicom discard (stock loops) | same, event-driven loops | dcmtk storescp "
                   "| floor / dcmtk | floor / Orthanc |")

@@ -11,8 +11,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 class IngestMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, labels: dict[str, str] | None = None) -> None:
+        """``labels``: constant labels of this process's info metric (e.g. a pool process's ``slot``)."""
         self.registry = registry or CollectorRegistry()
+        self.labels = dict(labels or {})
         r = self.registry
         self.instances = Counter(
             "radstream_ingest_instances_total", "instances stored and acknowledged", ["called_ae"], registry=r
@@ -45,5 +47,5 @@ class IngestMetrics:
         Port: ``ingest.metrics_port`` when set (0 = off), else ``observability.ports.ingest``.
         """
         i = settings.ingest
-        return Observability.for_component(settings, "ingest", registry=self.registry, port=i.metrics_port,
-                                           address=i.metrics_address)
+        return Observability.for_component(settings, "ingest", labels=self.labels or None, registry=self.registry,
+                                           port=i.metrics_port, address=i.metrics_address)

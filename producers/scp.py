@@ -105,11 +105,28 @@ class _Inline:
 _INLINE = _Inline()
 
 
-class IngestServer:
-    """One SCP process: ``start()``, then ``stop()``."""
+class ReusePortAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, bound with ``SO_REUSEPORT`` (Linux): several processes, each with a
+    server of its own, listen on the same address and the kernel spreads new connections among them."""
 
-    def __init__(self, settings: Settings, metrics: IngestMetrics | None = None) -> None:
+    def server_bind(self) -> None:
+        import socket
+
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class IngestServer:
+    """One SCP process: ``start()``, then ``stop()``.
+
+    ``reuse_port``: listen with ``SO_REUSEPORT`` so that other processes may serve the same port
+    (the ingest pool, :mod:`~radstream.producers.pool`); off, the port is this process's alone.
+    """
+
+    def __init__(self, settings: Settings, metrics: IngestMetrics | None = None, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
         self.metrics = metrics or IngestMetrics()
         self.store = ContentStore.from_settings(settings)
         # first: refuses a placeholder in production, and a secret other than the store's (radstream.secrets)
@@ -199,8 +216,9 @@ class IngestServer:
         elif self.settings.ingest.event_driven_reactor:
             log.warning("pynetdicom %s: using its polling reactors (the event-driven ones are for %s)",
                         pynetdicom.__version__, f"{reactor.SUPPORTED_SERIES}x")
+        server_class = ReusePortAssociationServer if self.reuse_port else ThreadedAssociationServer
         server = ae.make_server(address, evt_handlers=handlers, ssl_context=tls_context(self.settings),
-                                server_class=ThreadedAssociationServer, **kwargs)
+                                server_class=server_class, **kwargs)
         ae._servers.append(server)  # as start_server does: AE.shutdown() stops it too
         threading.Thread(target=server.serve_forever, name="ingest-acceptor", daemon=True).start()
         return server

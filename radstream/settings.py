@@ -187,6 +187,18 @@ class IngestSettings(BaseModel):
         None, ge=0, description="/metrics, /healthz, /readyz of the SCP; 0 = off; unset = observability.ports.ingest"
     )
     metrics_address: str | None = Field(None, description="bind address; unset = observability.address")
+    processes: int = Field(
+        1, ge=0, description="SCP processes serving the one DICOM port (`radstream ingest --processes`; Linux "
+        "SO_REUSEPORT), each with its own outbox <outbox dir>/<outbox name>-<slot>.sqlite3; 1 = one process, "
+        "no pool; 0 = one per CPU core")
+    pool_metrics_port: int = Field(
+        9150, ge=0, description="a pool's /metrics, /healthz, /readyz: process <slot> on this port + slot when "
+        "metrics_port is unset (else on metrics_port + slot); metrics off (0) stays off")
+    pool_orphan_sweep_s: float = Field(
+        30.0, gt=0, description="a pool process drains, this often and at start, outboxes no process of the pool "
+        "owns (slots of an earlier, larger pool; the single process's outbox) when it can lease them")
+    pool_stop_timeout_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, how long the pool waits for its processes before SIGKILL")
     tls: IngestTlsSettings = Field(default_factory=IngestTlsSettings)
     deadletter_keep_phi: bool = Field(
         False, description="keep patient, accession, physician and institution attributes in the DICOM headers "

@@ -31,7 +31,12 @@ class ServiceSpec:
 
 
 def radstream_services(settings: Settings, extra_env: Mapping[str, str] | None = None) -> list[ServiceSpec]:
-    """Every process of the pipeline: ingest, aggregate, dispatch, one worker per pipeline, sinks, web."""
+    """Every process of the pipeline: ingest, aggregate, dispatch, one worker per pipeline, sinks, web.
+
+    ``ingest`` is the ingest pool when the settings ask for one (``ingest.processes``, e.g.
+    ``RADSTREAM_INGEST__PROCESSES=2 radstream dev up --all``): `radstream ingest` reads it, so its
+    pid file is the pool's supervisor and its processes serve /metrics on ``ingest.pool_metrics_port`` + slot.
+    """
     env = dict(extra_env or {})
     specs = [
         ServiceSpec("ingest", ("ingest",), env),

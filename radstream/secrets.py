@@ -277,3 +277,22 @@ def blinding_salt(settings: Settings) -> bytes:
 
 def session_secret(settings: Settings) -> Resolved:
     return resolve(settings, "web_session_secret")
+
+
+TRITON_TOKEN_FILE = "triton_access_token"
+
+
+def triton_access_token(settings: Settings, *, create: bool = False) -> str | None:
+    """The token of Triton's restricted endpoints (shared memory): ``triton.access_token`` when set; else the
+    one a local managed server was started with, ``<home>/secrets/triton_access_token`` (made when
+    ``create``, by whoever starts that server); else None."""
+    given = settings.triton.access_token.get_secret_value().strip()
+    if given:
+        return given
+    path = Path(settings.home) / "secrets" / TRITON_TOKEN_FILE
+    if create:
+        return _make_once(path)
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None

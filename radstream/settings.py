@@ -225,6 +225,20 @@ class TritonSettings(BaseModel):
     wait_model_ms: float = Field(50.0, ge=0, description="time the wait_ref benchmark model waits per batch")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$",
                         description="where `radstream triton serve` computes: cpu (onnxruntime) or cuda[:N] (PyTorch)")
+    access_token: SecretStr = Field(
+        SecretStr(""), description="the token of Triton's restricted endpoints (shared-memory, model-repository): "
+        "`radstream triton serve` restricts them with it and clients send it. Empty: the token a local managed "
+        "server was started with (<home>/secrets/triton_access_token), else none (shared memory then falls back "
+        "to the socket)")
+    shared_memory: Literal["auto", "system", "off"] = Field(
+        "auto", description="tensors through Triton's system shared memory instead of the socket: auto = when "
+                            "host is this machine (localhost, 127.0.0.1, ::1); system = always (same host only)")
+
+    @property
+    def use_shared_memory(self) -> bool:
+        if self.shared_memory == "auto":
+            return self.host in ("localhost", "127.0.0.1", "::1")
+        return self.shared_memory == "system"
 
 
 # the shipped placeholders of the three secrets: public, so never used as keys (radstream.secrets).

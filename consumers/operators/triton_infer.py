@@ -12,8 +12,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from radstream.consumers.operators.base import Context, Operator, OperatorError, Params, RetriableError
+from radstream.consumers.operators.triton_shm import Region, ShmRegions, ShmUnavailable
 
 from radstream.pipelines.operators_spec import InferencePipelineSpec
+from radstream.secrets import triton_access_token
 from radstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,21 @@ def _is_retriable(exc: BaseException) -> bool:
         msg = str(exc.message() or "").lower()
         if status in _RETRIABLE_GRPC or (status in ("400", "") and ("unavailable" in msg or "not ready" in msg)):
             return True
-        return "connect" in msg or "unavailable" in msg or "timed out" in msg or "deadline" in msg
+        return ("connect" in msg or "unavailable" in msg or "timed out" in msg or "deadline" in msg
+                or "shared memory region" in msg)  # a restarted server forgot ours: registered again
     return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+
+
+def _fixed_nbytes(t: TensorMeta) -> int | None:
+    """The byte size of a tensor whose shape the model fixes; None when a dimension varies."""
+    if t.datatype not in _NP or not t.shape or any(d < 0 for d in t.shape):
+        return None
+    return int(np.prod(t.shape)) * np.dtype(_NP[t.datatype]).itemsize
+
+
+def _output_shape(output: Any) -> list[int]:
+    """An output's shape from the response (gRPC: a message; HTTP: a dict)."""
+    return list(output["shape"] if isinstance(output, dict) else output.shape)
 
 
 class TritonClient:
@@ -72,6 +87,12 @@ class TritonClient:
         self.timeout_s = timeout_s
         self.url = f"{t.host}:{t.grpc_port if protocol == 'grpc' else t.http_port}"
         self._client: Any = None
+        # same host: tensors through system shared memory, only names and sizes on the socket
+        self.shm: ShmRegions | None = None
+        if t.use_shared_memory:
+            token = triton_access_token(settings)
+            header = "triton-grpc-protocol-triton-access-token" if protocol == "grpc" else "triton-access-token"
+            self.shm = ShmRegions(self.client, {header: token} if token else None)
 
     def client(self) -> Any:
         if self._client is None:
@@ -87,6 +108,8 @@ class TritonClient:
         return self._client
 
     def reset(self) -> None:
+        if self.shm is not None:  # a restarted server has forgotten the regions: registered again on use
+            self.shm.release()
         if self._client is not None:
             with contextlib.suppress(Exception):  # closing a broken client
                 self._client.close()
@@ -109,30 +132,53 @@ class TritonClient:
                          tensors("outputs"))
 
     def infer(self, meta: ModelMeta, arrays: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """One request; each tensor in the model's declared type. With shared memory, inputs go through
+        regions and so do outputs whose size the model's metadata fixes (others come back on the socket);
+        a server that refuses shared memory gets this and every later request on the socket."""
+        try:
+            return self._infer(meta, arrays)
+        except ShmUnavailable as exc:
+            log.warning("%s: sending tensors on the socket", exc)
+            assert self.shm is not None
+            self.shm.release()
+            self.shm = None
+            return self._infer(meta, arrays)
+
+    def _infer(self, meta: ModelMeta, arrays: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         if self.protocol == "grpc":
-            import tritonclient.grpc as g
-
-            inputs = []
-            for t in meta.inputs:
-                x = np.ascontiguousarray(arrays[t.name], dtype=_NP[t.datatype])
-                i = g.InferInput(t.name, list(x.shape), t.datatype)
-                i.set_data_from_numpy(x)
-                inputs.append(i)
-            outputs = [g.InferRequestedOutput(t.name) for t in meta.outputs]
-            res = self.client().infer(meta.name, inputs, model_version=meta.version, outputs=outputs,
-                                      client_timeout=self.timeout_s)
+            import tritonclient.grpc as lib
         else:
-            import tritonclient.http as h
-
-            inputs = []
-            for t in meta.inputs:
-                x = np.ascontiguousarray(arrays[t.name], dtype=_NP[t.datatype])
-                i = h.InferInput(t.name, list(x.shape), t.datatype)
-                i.set_data_from_numpy(x, binary_data=True)
-                inputs.append(i)
-            outputs = [h.InferRequestedOutput(t.name, binary_data=True) for t in meta.outputs]
-            res = self.client().infer(meta.name, inputs, model_version=meta.version, outputs=outputs)
-        return {t.name: np.asarray(res.as_numpy(t.name)) for t in meta.outputs}
+            import tritonclient.http as lib
+        binary = {} if self.protocol == "grpc" else {"binary_data": True}
+        inputs = []
+        for t in meta.inputs:
+            x = np.ascontiguousarray(arrays[t.name], dtype=_NP[t.datatype])
+            i = lib.InferInput(t.name, list(x.shape), t.datatype)
+            if self.shm is not None:
+                i.set_shared_memory(self.shm.write(f"in:{t.name}", x).name, x.nbytes)
+            else:
+                i.set_data_from_numpy(x, **binary)
+            inputs.append(i)
+        outputs: list[Any] = []
+        out_regions: dict[str, Region] = {}
+        for t in meta.outputs:
+            o = lib.InferRequestedOutput(t.name, **binary)
+            nbytes = _fixed_nbytes(t)
+            if self.shm is not None and nbytes is not None:
+                out_regions[t.name] = r = self.shm.region(f"out:{t.name}", nbytes)
+                o.set_shared_memory(r.name, nbytes)
+            outputs.append(o)
+        timeout = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        res = self.client().infer(meta.name, inputs, model_version=meta.version, outputs=outputs, **timeout)
+        out = {}
+        for t in meta.outputs:
+            region = out_regions.get(t.name)
+            if region is None:
+                out[t.name] = np.asarray(res.as_numpy(t.name))
+            else:
+                shape = [int(v) for v in _output_shape(res.get_output(t.name))]
+                out[t.name] = ShmRegions.read(region, _NP[t.datatype], shape)
+        return out
 
     def compute_ns(self, meta: ModelMeta) -> tuple[int, int]:
         """(total compute ns, request count) so far, from Triton's statistics extension."""

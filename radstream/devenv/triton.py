@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radstream.devenv.process import ManagedProcess, port_open, wait_until
-from radstream.models.serve import libpython_env
+from radstream.models.serve import TOKEN_ENV, libpython_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPOSITORY = PROJECT_ROOT / "docker" / "triton"
@@ -28,6 +28,7 @@ class TritonServer:
     extra_env: dict[str, str] = field(default_factory=dict)
     model_version: int | None = None  # serve the reference models as this version (None: their own)
     device: str = "cpu"  # where the reference models compute: cpu (onnxruntime) or cuda (PyTorch)
+    access_token: str | None = None  # of the restricted endpoints (shared memory); None: a random one
 
     @property
     def process(self) -> ManagedProcess:
@@ -58,7 +59,8 @@ class TritonServer:
             return
         self.home.mkdir(parents=True, exist_ok=True)
         # LD_LIBRARY_PATH must name this interpreter's libpython before the server starts
-        self.process.start(self.argv(), env={**libpython_env(), **self.extra_env}, cwd=PROJECT_ROOT)
+        token = {TOKEN_ENV: self.access_token} if self.access_token else {}
+        self.process.start(self.argv(), env={**libpython_env(), **token, **self.extra_env}, cwd=PROJECT_ROOT)
         wait_until(self._ready_or_dead, timeout, interval=0.5, what=f"Triton on {self.http_url}")
 
     def _ready_or_dead(self) -> bool:

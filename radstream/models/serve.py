@@ -205,6 +205,9 @@ def _bind_models(triton: Any, opts: ServeOptions) -> None:
     )
 
 
+TOKEN_ENV = "RADSTREAM_TRITON__ACCESS_TOKEN"
+
+
 def serve(opts: ServeOptions) -> None:
     """Run Triton in the foreground until SIGTERM/SIGINT."""
     if os.environ.get("LD_LIBRARY_PATH", "").split(":")[0] != libpython_dir():
@@ -221,7 +224,9 @@ def serve(opts: ServeOptions) -> None:
     # statistics stay open (read-only: the inference operator reads compute times from them);
     # model-repository, shared-memory and the other control endpoints keep pytriton's token
     endpoints = [e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"]
-    security = TritonSecurityConfig(restricted_endpoints=endpoints)
+    # the token clients send for them (shared memory): the starter's (RADSTREAM_TRITON__ACCESS_TOKEN), else random
+    token = os.environ.get(TOKEN_ENV, "").strip() or None
+    security = TritonSecurityConfig(access_token=token, restricted_endpoints=endpoints)
     attempt = int(os.environ.get(_ATTEMPT_ENV, "1"))
     if opts.workspace is not None and opts.workspace.exists():
         import shutil

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from pydantic import SecretStr
 from radstream.consumers.operators.base import Context
 from radstream.consumers.operators.sliding_window import (
     Argmax,
@@ -23,7 +24,7 @@ from radstream.consumers.operators.sliding_window import (
     patch_starts,
     sliding_window,
 )
-from radstream.consumers.operators.triton_infer import TritonInference
+from radstream.consumers.operators.triton_infer import TritonClient, TritonInference
 from scipy import ndimage
 
 from radstream.events.models import InferenceRequested, Trigger, utcnow
@@ -34,6 +35,9 @@ from radstream.settings import Settings
 from radstream.store import ContentStore
 
 BATCHED = "brain_lesion_ref_batched"
+FIXED = "brain_lesion_ref_fixed"  # fixed shapes: outputs through shared memory too
+FIXED_SHAPE = (24, 32, 28)
+TOKEN = "sliding-window-test-triton-token"  # of the server's restricted endpoints (shared memory)
 
 
 def two_class(x: np.ndarray) -> np.ndarray:
@@ -92,8 +96,17 @@ def batched_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
                                outputs=(TensorSpec("labels", "uint8", (-1, -1, -1, -1)),))
     (repo / BATCHED / "1").mkdir(parents=True)
     onnx.save(build_graph(spec), str(repo / BATCHED / "1" / "model.onnx"))
+    fixed = dataclasses.replace(BRAIN, name=FIXED, inputs=(TensorSpec("image", "float32", FIXED_SHAPE),),
+                                outputs=(TensorSpec("labels", "uint8", FIXED_SHAPE),))
+    graph = build_graph(fixed)
+    for tensor in (*graph.graph.input, *graph.graph.output):  # build_graph names its dimensions: fix them
+        for dim, n in zip(tensor.type.tensor_type.shape.dim, FIXED_SHAPE, strict=True):
+            dim.ClearField("dim_param")
+            dim.dim_value = n
+    (repo / FIXED / "1").mkdir(parents=True)
+    onnx.save(graph, str(repo / FIXED / "1" / "model.onnx"))
     server = TritonServer(home, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          repository=repo, wait_instances=1)
+                          repository=repo, wait_instances=1, access_token=TOKEN)
     server.start()
     try:
         yield server
@@ -149,6 +162,67 @@ def test_sliding_window_through_triton_equals_whole_volume(tmp_path: Path, batch
     assert sw_ctx.notes["triton_requests"] == math.ceil(n_patches(x.shape, patch, 0.5) / batch)
     probs = sw_ctx.notes["probabilities"][0]
     assert probs.shape == (2, *x.shape) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+
+
+def _headers(protocol: str, token: str = TOKEN) -> dict[str, str]:
+    return {"triton-grpc-protocol-triton-access-token" if protocol == "grpc" else "triton-access-token": token}
+
+
+def _ours(client: Any, protocol: str) -> set[str]:
+    """Names of radstream's regions the server has registered."""
+    status = client.get_system_shared_memory_status(as_json=True, headers=_headers(protocol)) \
+        if protocol == "grpc" else client.get_system_shared_memory_status(headers=_headers(protocol))
+    regions = status.get("regions", {}) if isinstance(status, dict) and protocol == "grpc" else status
+    names = regions.keys() if isinstance(regions, dict) else [r["name"] for r in regions]
+    return {n for n in names if n.startswith("rs")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("model", [BRAIN.name, FIXED])
+def test_shared_memory_transport_equals_the_socket(tmp_path: Path, batched_triton: Any, protocol: str,
+                                                   model: str) -> None:
+    """Tensors through Triton's system shared memory (inputs always; outputs where the model fixes their
+    shape) give what the socket gives; the regions are the server's while in use, gone after close; a
+    server that forgot them (as after a restart) gets them again on the retried call."""
+    base = Settings(home=tmp_path)
+
+    def settings(shm: str, token: str = TOKEN) -> Settings:
+        return base.model_copy(update={"triton": base.triton.model_copy(update={
+            "host": batched_triton.host, "http_port": batched_triton.http_port, "access_token": SecretStr(token),
+            "grpc_port": batched_triton.grpc_port, "shared_memory": shm, "backoff_initial_s": 0.1})})
+
+    spec = with_model(load_inference_pipeline("brain-tumour"), model)
+    x = smooth_volume(FIXED_SHAPE, seed=5)
+    outputs = {}
+    for shm in ("off", "system"):
+        op = TritonInference(settings(shm), spec, {"protocol": protocol})
+        assert (op.client.shm is not None) == (shm == "system")
+        for _ in range(2):  # the second call reuses the regions
+            ctx = context(tmp_path, settings(shm), spec, x)
+            op.run(ctx)
+        outputs[shm] = np.asarray(ctx.model_outputs[0])
+        if shm == "system":
+            assert op.client.shm is not None
+            regions = _ours(op.client.client(), protocol)
+            assert len(regions) == len(op.client.shm) == (2 if model == FIXED else 1), regions
+            # the server forgets them (a restart): the call fails once, is retried and registers them again
+            op.client.client().unregister_system_shared_memory(headers=_headers(protocol))
+            ctx = context(tmp_path, settings(shm), spec, x)
+            op.run(ctx)
+            assert np.array_equal(np.asarray(ctx.model_outputs[0]), outputs["off"])
+            assert len(_ours(op.client.client(), protocol)) == len(op.client.shm)
+        op.close()
+    assert outputs["off"].shape == FIXED_SHAPE and outputs["off"].dtype == np.uint8
+    assert np.array_equal(outputs["system"], outputs["off"])
+    fresh = TritonClient(settings("off"), protocol, 10.0).client()
+    assert _ours(fresh, protocol) == set()  # released at close
+    # without the server's token shared memory is refused: the client says so once and uses the socket
+    wrong = TritonInference(settings("system", token="not-the-token"), spec, {"protocol": protocol})
+    ctx = context(tmp_path, settings("system", token="not-the-token"), spec, x)
+    wrong.run(ctx)
+    assert wrong.client.shm is None and np.array_equal(np.asarray(ctx.model_outputs[0]), outputs["off"])
+    wrong.close()
 
 
 @pytest.mark.unit

@@ -29,8 +29,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import NewTopic
+from radstream.stream_apps.txn_watchdog import TxnWatchdog
 
 from radstream.events.codec import codec_for
 from radstream.events.models import Event
@@ -40,7 +49,7 @@ from radstream.kafka.config import base_config
 from radstream.kafka.consumer import Received
 from radstream.kafka.deadletter import DeadLetters
 from radstream.kafka.producer import EventProducer
-from radstream.kafka.topics import admin
+from radstream.kafka.topics import admin, durability_config
 from radstream.kafka.transient import retry_transient
 from radstream.observability import Observability
 from radstream.settings import Settings
@@ -69,7 +78,7 @@ def ensure_changelog(settings: Settings, topic: str, like: str, timeout: float =
     if topic not in md.topics:
         fut = client.create_topics([NewTopic(topic, n, settings.kafka.replication_factor, config={
             "cleanup.policy": "compact", "retention.ms": "-1", "min.compaction.lag.ms": "0",
-            "segment.ms": str(3600 * 1000)})], operation_timeout=timeout)[topic]
+            "segment.ms": str(3600 * 1000), **durability_config(settings)})], operation_timeout=timeout)[topic]
         try:
             fut.result()
         except KafkaException as exc:
@@ -144,7 +153,11 @@ class TxLoop:
         self.consumer = Consumer({
             **base_config(settings, f"{group_id}-{uuid.uuid4().hex[:6]}"),
             "group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+            # never a silent reset: librdkafka can report a committed offset "not available" after a leader
+            # change (seen on a 3-broker cluster) and "earliest" would then re-read the whole partition;
+            # the loop handles the error itself (_position_lost), and _on_assign starts a partition with no
+            # commit at its beginning
+            "auto.offset.reset": "error", "isolation.level": "read_committed",
             "partition.assignment.strategy": "range", "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 300000,
             "fetch.wait.max.ms": 100, "enable.partition.eof": True, "error_cb": self._on_client_error,
@@ -155,6 +168,8 @@ class TxLoop:
             "transaction.timeout.ms": 60000,
         })
         self.producer.init_transactions(30)
+        # librdkafka may block a transactional call past its timeout (see txn_watchdog): started by run()
+        self.watchdog = TxnWatchdog()
         self.deadletters = DeadLetters(EventProducer(settings, f"{group_id}-dlq"), self.component)
 
     # -- to implement ----------------------------------------------------------------------
@@ -195,9 +210,11 @@ class TxLoop:
         self._stash = set()
         self.assigned |= now_assigned
         # a broker still starting (or a busy one) times these out for a while: ask again, not exit
-        committed = {(tp.topic, tp.partition): tp.offset for tp in retry_transient(
-            "committed offsets", lambda: consumer.committed(
-                [TopicPartition(tp.topic, tp.partition) for tp in parts], timeout=10))}
+        commits = retry_transient("committed offsets", lambda: consumer.committed(
+            [TopicPartition(tp.topic, tp.partition) for tp in parts], timeout=10))
+        committed = {(tp.topic, tp.partition): tp.offset for tp in commits}
+        # start where committed, a partition with no commit at its beginning (no automatic reset: see the config)
+        consumer.assign([self._resume_at(tp) for tp in commits])
         for tp in parts:
             part = TopicPartition(tp.topic, tp.partition)
             low, high = retry_transient("watermark offsets", functools.partial(
@@ -271,6 +288,7 @@ class TxLoop:
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         next_tick = self.clock()
+        self.watchdog.start()
         try:
             while not self._stop and not (until and until()):
                 if self.obs is not None:
@@ -282,13 +300,15 @@ class TxLoop:
                 msgs = (self.consumer.consume(self.batch_size, wait) if self.fill_batches
                         else consume_available(self.consumer, self.batch_size, wait))
                 batch: list[Received] = []
-                latest: dict[tuple[str, int], int] = {}  # next offset to commit per input partition
+                latest: dict[tuple[str, int], int] = {}  # last offset consumed per input partition
                 decode = self.codec.decode
                 for m in msgs:
                     err = m.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
                             self._catch_up.pop((str(m.topic()), int(m.partition())), None)
+                        elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                            self._position_lost(m, err)
                         elif err.fatal():
                             raise KafkaException(err)
                         continue
@@ -325,6 +345,14 @@ class TxLoop:
         if self.obs is not None:
             self.obs.consumer_metrics().deadlettered()
 
+    def _position_lost(self, m: Message, err: KafkaError) -> None:
+        """The position of a partition is not on its leader (or the partition has no commit yet): state and
+        positions back to what was committed, once per loop turn (see _reset)."""
+        if not self._needs_reset:
+            log.warning("%s[%s]: %s; state and positions back to the last commit", m.topic(), m.partition(),
+                        err.str())
+        self._needs_reset = True
+
     def _commit(self, batch: list[Received], latest: dict[tuple[str, int], int], out: Output) -> None:
         """One transaction: ``out`` and the offsets after ``latest`` (the last offset consumed per
         partition; with none, the current positions)."""
@@ -337,8 +365,10 @@ class TxLoop:
                 self._produce(self.changelog, key, value, partition, None)
             offsets = self._offsets(latest)
             if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(60)
+                with self.watchdog.guard("send_offsets_to_transaction", 30):
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+            with self.watchdog.guard("commit_transaction", 60):
+                self.producer.commit_transaction(60)
             if self.obs is not None:
                 self._count(batch, out)
         except KafkaException as exc:
@@ -347,7 +377,8 @@ class TxLoop:
             if isinstance(err, KafkaError) and err.fatal():
                 raise
             try:
-                self.producer.abort_transaction(30)
+                with self.watchdog.guard("abort_transaction", 30):
+                    self.producer.abort_transaction(30)
             except KafkaException as abort_exc:
                 log.warning("abort failed: %s", abort_exc)
             self._needs_reset = True
@@ -395,12 +426,30 @@ class TxLoop:
             self.drop(p)
             self.restore(p, read_changelog(self.settings, self.changelog, p))
         if assignment:
-            for tp in retry_transient("committed offsets",
-                                      lambda: self.consumer.committed(assignment, timeout=10)):
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition,
-                                                  tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
+            # assign, not seek: a partition whose fetch stopped on an error cannot be sought
+            commits = retry_transient("committed offsets", lambda: self.consumer.committed(assignment, timeout=10))
+            self.consumer.assign([self._resume_at(tp) for tp in commits])
+
+    def _resume_at(self, committed: TopicPartition) -> TopicPartition:
+        """Where a partition resumes: its committed offset; the beginning when it has none; the earliest
+        record left when retention deleted records never processed (said loudly: they are lost)."""
+        part = TopicPartition(committed.topic, committed.partition)
+        if committed.offset < 0:
+            return TopicPartition(committed.topic, committed.partition, OFFSET_BEGINNING)
+        low, _high = retry_transient("watermark offsets", functools.partial(
+            self.consumer.get_watermark_offsets, part, timeout=10))
+        if committed.offset < low:
+            log.error("%s[%d]: records %d..%d were deleted by retention before they were processed",
+                      committed.topic, committed.partition, committed.offset, low - 1)
+            return TopicPartition(committed.topic, committed.partition, low)
+        # the committed offset without its leader epoch: librdkafka's epoch for a position can be stale after
+        # leader changes (a 3-broker cluster showed offset 79 tagged epoch 0 while epoch 0 had ended at
+        # offset 9), and validated against it the position reads as "log truncated" again and again; with
+        # unclean leader election off a committed offset is never truncated away
+        return TopicPartition(committed.topic, committed.partition, committed.offset)
 
     def close(self) -> None:
+        self.watchdog.stop()
         try:
             self.consumer.close()
         finally:

@@ -24,6 +24,8 @@ class FaultCount:
     duplicates: int
     missing_results: list[str] = field(default_factory=list)
     acked_not_found: list[str] = field(default_factory=list)
+    # per study with more than one result: its completions (kind, revision) and its results' request ids
+    duplicate_detail: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -34,7 +36,7 @@ class FaultCount:
         return (f"fault {self.fault:<24} instances sent {self.sent:4d}, acknowledged {self.acked:4d}, "
                 f"found {self.on_topic:4d} on topic / {self.in_store:4d} in store; studies completed "
                 f"{self.studies_completed}/{self.studies}; results {self.results} (failures {self.failures}); "
-                f"duplicates {self.duplicates}")
+                f"duplicates {self.duplicates}" + "".join(f"\n  {d}" for d in self.duplicate_detail))
 
 
 def instances_on_topic(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
@@ -63,14 +65,19 @@ def count_after_fault(fault: str, settings: Settings, sent: set[str], acked: set
     topic = instances_on_topic(settings)
     found = [s for s in acked if s in topic]
     in_store = [s for s in found if path_for_uri(topic[s], settings.store_root).is_file()]
-    completed = {c.uid for c in fetch_completions(settings) if c.kind == "study"}
+    completions = fetch_completions(settings)
+    completed = {c.uid for c in completions if c.kind == "study"}
     rows = [r for r in fetch_results(settings) if r.study_instance_uid in studies
             and r.pipeline == studies[r.study_instance_uid]]
     per_study = Counter(r.study_instance_uid for r in rows)
+    detail = [f"study {uid}: completions {sorted((c.kind, c.revision) for c in completions if c.uid == uid)}; "
+              f"results {[(r.request_id, r.status) for r in rows if r.study_instance_uid == uid]}"
+              for uid, n in per_study.items() if n > 1]
     return FaultCount(
         fault=fault, sent=len(sent), acked=len(acked), on_topic=len(found), in_store=len(in_store),
         studies=len(studies), studies_completed=len(completed & set(studies)), results=len(rows),
         failures=sum(1 for r in rows if r.status == "failed"),
         duplicates=sum(n - 1 for n in per_study.values()),
         missing_results=sorted(set(studies) - set(per_study)), acked_not_found=sorted(acked - set(in_store)),
+        duplicate_detail=detail,
     )

@@ -14,11 +14,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radstream.devenv.kafka import KafkaServer
+from radstream.devenv.kafka import KafkaCluster, KafkaServer
 from radstream.devenv.postgres import PostgresServer
 from radstream.devenv.process import free_port, port_open, wait_until
 from radstream.devenv.services import Services, ServiceSpec, radstream_services
 from radstream.devenv.triton import TritonServer
+from radstream.models.build import DEFAULT_REPOSITORY
 from radstream.settings import DEFAULT_METRICS_PORTS, Settings
 
 # every /metrics and health port off: nothing of ours may collide with a fixed port
@@ -34,6 +35,7 @@ class StackConfig:
     topic_prefix: str = "bench"
     pipelines: tuple[str, ...] = ("brain-tumour", "liver", "hip-fracture")
     pipelines_dir: Path | None = None  # default: the project's pipelines/
+    brokers: int = 1  # 3: a KRaft cluster, every topic replicated 3 times with min ISR 2
     triton_wait_ms: float = 0.0
     triton_repository: Path | None = None  # default: docker/triton (the reference models)
     web: bool = False  # also the review app and the feedback sink (scenario tests read the pages)
@@ -46,12 +48,16 @@ class BenchStack:
     def __init__(self, home: Path, config: StackConfig | None = None) -> None:
         self.home = Path(home).resolve()
         self.config = config or StackConfig()
-        self.kafka = KafkaServer(self.home / "kafka", port=free_port(), controller_port=free_port())
+        self.kafka: KafkaServer | KafkaCluster = (
+            KafkaServer(self.home / "kafka", port=free_port(), controller_port=free_port())
+            if self.config.brokers == 1 else
+            KafkaCluster(self.home / "kafka", [free_port() for _ in range(self.config.brokers)],
+                         [free_port() for _ in range(self.config.brokers)]))
         self.postgres = PostgresServer(self.home / "postgres", port=free_port())
         self.triton = TritonServer(self.home / "triton", http_port=free_port(), grpc_port=free_port(),
                                    metrics_port=free_port(), wait_ms=self.config.triton_wait_ms,
-                                   **({"repository": self.config.triton_repository}
-                                      if self.config.triton_repository is not None else {}))
+                                   repository=self.config.triton_repository or DEFAULT_REPOSITORY,
+                                   access_token=secrets.token_urlsafe(32))  # shared memory for this stack's workers
         self.dicom_port = free_port()
         self.web_port = free_port()
         self.session_secret = secrets.token_urlsafe(32)  # the review app's, private to this stack
@@ -70,6 +76,7 @@ class BenchStack:
             "pipelines": list(c.pipelines),
             "pipelines_dir": c.pipelines_dir,
             "kafka": {"bootstrap_servers": self.kafka.bootstrap, "topic_prefix": c.topic_prefix,
+                      "replication_factor": c.brokers, "min_insync_replicas": min(2, c.brokers),
                       "default_partitions": c.partitions},
             "postgres": {"host": "127.0.0.1", "port": self.postgres.port, "managed": False},
             # every simulated scanner sends from loopback: one address, so no per-peer association limit
@@ -77,7 +84,7 @@ class BenchStack:
             "ingest": {"metrics_port": 0},
             "triton": {"host": "127.0.0.1", "http_port": self.triton.http_port, "grpc_port": self.triton.grpc_port,
                        "metrics_port": self.triton.metrics_port, "managed": False,
-                       "backoff_initial_s": 0.5, "backoff_max_s": 4.0},
+                       "backoff_initial_s": 0.5, "backoff_max_s": 4.0, "access_token": self.triton.access_token},
             "aggregator": {"series_quiet_s": c.series_quiet_s, "patient_quiet_s": c.patient_quiet_s,
                            "timer_interval_s": 0.5},
             "sinks": {"poll_timeout_s": 0.2},
@@ -95,6 +102,8 @@ class BenchStack:
             "RADSTREAM_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
             "RADSTREAM_KAFKA__TOPIC_PREFIX": s.kafka.topic_prefix,
             "RADSTREAM_KAFKA__DEFAULT_PARTITIONS": str(s.kafka.default_partitions),
+            "RADSTREAM_KAFKA__REPLICATION_FACTOR": str(s.kafka.replication_factor),
+            "RADSTREAM_KAFKA__MIN_INSYNC_REPLICAS": str(s.kafka.min_insync_replicas),
             "RADSTREAM_POSTGRES__HOST": "127.0.0.1",
             "RADSTREAM_POSTGRES__PORT": str(s.postgres.port),
             "RADSTREAM_POSTGRES__MANAGED": "false",
@@ -117,6 +126,7 @@ class BenchStack:
             "RADSTREAM_WEB__PORT": str(self.web_port),
             "RADSTREAM_WEB__HOST": "127.0.0.1",
             "RADSTREAM_WEB__SESSION_SECRET": self.session_secret,
+            "RADSTREAM_TRITON__ACCESS_TOKEN": self.triton.access_token or "",
         }
         if self.config.pipelines_dir is not None:
             env["RADSTREAM_PIPELINES_DIR"] = str(self.config.pipelines_dir)
@@ -223,7 +233,9 @@ class BenchStack:
     def pids(self) -> dict[str, int]:
         """Top process of every component (radstream processes and the infrastructure)."""
         out = dict(self.services.running())
-        for name, proc in (("kafka", self.kafka.process), ("postgres", self.postgres.process),
+        kafka = [(f"kafka-{n.node_id}", n.process) for n in self.kafka.nodes] if isinstance(
+            self.kafka, KafkaCluster) else [("kafka", self.kafka.process)]
+        for name, proc in (*kafka, ("postgres", self.postgres.process),
                            ("triton", self.triton.process)):
             pid = proc.pid()
             if pid is not None:

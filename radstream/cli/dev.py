@@ -17,6 +17,9 @@ def up(
     all_services: bool = typer.Option(
         False, "--all", help="also start every radstream process (ingest, aggregate, dispatch, infer, sinks, web)"
     ),
+    brokers: int | None = typer.Option(
+        None, min=1, max=5, help="Kafka brokers: 3 runs a KRaft cluster (brokers on the bootstrap port, +2, +4) "
+                                 "and replicates every topic 3 times with min ISR 2; default: as last started, or 1"),
 ) -> None:
     """Start Kafka, PostgreSQL and Triton (idempotent), create the topics and the database schema."""
     from radstream.db.migrate import migrate
@@ -24,14 +27,18 @@ def up(
     from radstream.devenv.stack import LocalStack
     from radstream.kafka.topics import create_topics
 
-    stack = LocalStack(settings())
+    stack = LocalStack(settings(), brokers=brokers)
     stack.up(triton=triton)
-    create_topics(settings())
-    migrate(settings())
+    create_topics(stack.settings)
+    migrate(stack.settings)
     if all_services:  # a development stack: random secrets under <home>/secrets/ replace the placeholders
-        dev = settings().model_copy(update={"environment": "development"})
-        stack.services.start(radstream_services(dev, DEVELOPMENT_ENV))
+        dev = stack.settings.model_copy(update={"environment": "development"})
+        stack.services.start(radstream_services(dev, {**DEVELOPMENT_ENV, **stack.kafka_env()}))
     status()
+    if stack.brokers > 1:
+        typer.echo("the cluster's clients need (radstream processes you start yourself):")
+        for key, value in stack.kafka_env().items():
+            typer.echo(f"  export {key}={value}")
 
 
 @app.command()

@@ -19,12 +19,20 @@ class TopicSpec:
     purpose: str = ""
 
 
+def durability_config(settings: Settings) -> dict[str, str]:
+    """Topic settings every radstream topic gets when replicated: writes with acks=all need this many
+    in-sync replicas, and a replica that fell out of sync never becomes leader (no acknowledged loss)."""
+    k = settings.kafka
+    if k.replication_factor <= 1:
+        return {}
+    return {"min.insync.replicas": str(min(k.min_insync_replicas, k.replication_factor)),
+            "unclean.leader.election.enable": "false"}
+
+
 def topic_specs(settings: Settings, pipelines: list[str] | None = None) -> list[TopicSpec]:
     k = settings.kafka
     n = k.default_partitions
-    keep = {"retention.ms": str(k.retention_ms), "cleanup.policy": "delete"}
-    if k.replication_factor > 1:
-        keep["min.insync.replicas"] = str(min(k.min_insync_replicas, k.replication_factor))
+    keep = {"retention.ms": str(k.retention_ms), "cleanup.policy": "delete", **durability_config(settings)}
     specs = [
         TopicSpec(settings.topic("instances"), n, dict(keep), "InstanceReceived, key = patient key"),
         TopicSpec(settings.topic("series"), n, dict(keep), "SeriesCompleted, key = patient key"),
@@ -33,7 +41,8 @@ def topic_specs(settings: Settings, pipelines: list[str] | None = None) -> list[
         TopicSpec(settings.topic("feedback"), n, dict(keep), "ReviewSubmitted/QcDecided, key = result id"),
         TopicSpec(settings.topic("deadletter"), 1, {**keep, "retention.ms": str(k.deadletter_retention_ms)},
                   f"DeadLetter, kept {_retention(k.deadletter_retention_ms)}"),
-        TopicSpec(settings.topic("schemas"), 1, {"cleanup.policy": "compact", "retention.ms": "-1"},
+        TopicSpec(settings.topic("schemas"), 1, {"cleanup.policy": "compact", "retention.ms": "-1",
+                                                 **durability_config(settings)},
                   "writer schemas by fingerprint (compacted)"),
     ]
     for name in pipelines if pipelines is not None else settings.pipeline_names():
@@ -103,7 +112,7 @@ def describe_topics(settings: Settings, timeout: float = 30.0) -> list[TopicInfo
             entries = fut.result()
             configs[res.name] = {
                 k: str(v.value) for k, v in entries.items()
-                if k in ("retention.ms", "cleanup.policy", "min.insync.replicas")
+                if k in ("retention.ms", "cleanup.policy", "min.insync.replicas", "unclean.leader.election.enable")
             }
     out = []
     for n in names:

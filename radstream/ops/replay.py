@@ -31,7 +31,7 @@ from radstream.events.models import InferenceRequested, Trigger, utcnow
 from radstream.events.serde import DecodeError
 from radstream.kafka.config import base_config
 from radstream.kafka.producer import EventProducer
-from radstream.kafka.topics import admin
+from radstream.kafka.topics import admin, durability_config
 from radstream.ops.workers import replay_topic
 from radstream.settings import Settings
 
@@ -119,7 +119,8 @@ def ensure_replay_topic(settings: Settings, pipeline: str) -> str:
     source = client.list_topics(topic=settings.topic(f"requests.{pipeline}"), timeout=10).topics
     n = len(next(iter(source.values())).partitions) if source else settings.kafka.default_partitions
     fut = client.create_topics([NewTopic(topic, n, settings.kafka.replication_factor,
-                                         config={"retention.ms": str(settings.kafka.retention_ms)})])[topic]
+                                         config={"retention.ms": str(settings.kafka.retention_ms),
+                                                 **durability_config(settings)})])[topic]
     try:
         fut.result()
     except Exception as exc:  # a concurrent creator won

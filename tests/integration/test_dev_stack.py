@@ -58,3 +58,48 @@ def test_dev_up_status_topics_down(tmp_path: Path) -> None:
     assert "kafka" in down and "postgres" in down
     assert not any(pid_alive(p) for p in pids)
     assert "down" in _run(["dev", "status"], env)
+
+
+def _free_run(n: int) -> int:
+    """A port p with p .. p+n-1 all free (the cluster takes consecutive ports)."""
+    from radstream.devenv.process import port_open
+
+    for _ in range(50):
+        base = free_port()
+        if base + n < 65535 and not any(port_open("127.0.0.1", base + i) for i in range(n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def test_dev_up_brokers_3_runs_a_replicated_cluster(tmp_path: Path) -> None:
+    kport, pport = _free_run(6), free_port()
+    env = {
+        **os.environ,
+        "RADSTREAM_HOME": str(tmp_path / "home"),
+        "RADSTREAM_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{kport}",
+        "RADSTREAM_POSTGRES__PORT": str(pport),
+        "RADSTREAM_POSTGRES__HOST": "127.0.0.1",
+        "RADSTREAM_TRITON__MANAGED": "false",
+    }
+    bootstrap = ",".join(f"127.0.0.1:{kport + 2 * i}" for i in range(3))
+    home = tmp_path / "home"
+    try:
+        first = _run(["dev", "up", "--brokers", "3"], env)
+        for i in (1, 2, 3):
+            assert re.search(rf"^kafka-{i} +up +127\.0\.0\.1:{kport + 2 * (i - 1)} ", first, re.M), first
+        assert f"export RADSTREAM_KAFKA__BOOTSTRAP_SERVERS={bootstrap}" in first
+        assert "export RADSTREAM_KAFKA__REPLICATION_FACTOR=3" in first
+        # a client told what `dev up` printed sees every topic on three replicas, min ISR 2
+        client_env = {**env, "RADSTREAM_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+                      "RADSTREAM_KAFKA__REPLICATION_FACTOR": "3"}
+        topics = _run(["topics", "describe"], client_env)
+        rows = [line for line in topics.splitlines() if line.startswith("radstream.")]
+        assert len(rows) >= 8 and all("replication=3" in r and "min.insync.replicas=2" in r for r in rows), topics
+        pids = [int((home / "kafka" / f"node-{i}" / "kafka.pid").read_text()) for i in (1, 2, 3)]
+        assert all(pid_alive(p) for p in pids)
+        status = _run(["dev", "status"], env)  # remembers the cluster
+        assert all(f"kafka-{i}" in status for i in (1, 2, 3))
+    finally:
+        down = _run(["dev", "down"], env)
+    assert "kafka" in down
+    assert not any(pid_alive(p) for p in pids)

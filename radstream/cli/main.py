@@ -12,6 +12,7 @@ from radstream.cli import db as _db
 from radstream.cli import demo as _demo
 from radstream.cli import dev, ingest, topics
 from radstream.cli import infer as _infer
+from radstream.cli import models as _models
 from radstream.cli import ops as _ops
 from radstream.cli import report as _report
 from radstream.cli import sink as _sink
@@ -41,6 +42,7 @@ app.add_typer(_study.app, name="study")
 app.command("infer")(_infer.infer)
 app.command("synth")(_synth.synth)
 app.add_typer(_triton.app, name="triton")
+app.add_typer(_models.app, name="models")
 _ops.register(app, topics.app)
 _stream.register(app)
 app.command("demo")(_demo.demo)

@@ -286,7 +286,8 @@ def triton_access_token(settings: Settings, *, create: bool = False) -> str | No
     """The token of Triton's restricted endpoints (shared memory): ``triton.access_token`` when set; else the
     one a local managed server was started with, ``<home>/secrets/triton_access_token`` (made when
     ``create``, by whoever starts that server); else None."""
-    given = settings.triton.access_token.get_secret_value().strip()
+    raw = settings.triton.access_token  # a plain str after model_copy(update=...), which skips validation
+    given = (raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw or "")).strip()
     if given:
         return given
     path = Path(settings.home) / "secrets" / TRITON_TOKEN_FILE

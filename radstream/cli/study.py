@@ -21,7 +21,9 @@ app.add_typer(sources, name="sources")
 def sources_add(
     name: str,
     ae: Annotated[Optional[str], typer.Option("--ae", help="calling AE title its segmentation tool sends from")] = None,  # noqa: UP045
-    kind: Annotated[str, typer.Option(help="human or model")] = "human",
+    kind: Annotated[str, typer.Option(
+        help="human, model, or reference (a validation set's ground truth: compared with results by "
+             "`radstream report`, never shown to readers)")] = "human",
     description: Annotated[Optional[str], typer.Option(help="free text")] = None,  # noqa: UP045
 ) -> None:
     """Register a source; SEGs sent by C-STORE from its AE title are registered as its segmentations."""

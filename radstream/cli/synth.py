@@ -23,6 +23,12 @@ def synth(
         help="instead: write this NIfTI volume as one DICOM MR series into OUT (e.g. Colin27's ch2.nii.gz)")] = None,
     patient_id: Annotated[str, typer.Option(help="with --from-nifti: Patient ID")] = "NIFTI-0001",
     series_description: Annotated[str, typer.Option(help="with --from-nifti")] = "T1 3D (NIfTI)",
+    reference_mask: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="with --from-nifti: also this mask of the volume (e.g. ch2bet.nii.gz) as a DICOM SEG on the series, "
+             "written to --reference-seg; send it from a reference source's AE title")] = None,
+    reference_seg: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="with --reference-mask: the SEG file to write (outside OUT)")] = None,
+    mask_label: Annotated[str, typer.Option(help="with --reference-mask: the segment's label")] = "brain",
 ) -> None:
     """Write synthetic brain MR, liver CT and pelvis DX studies plus their ground truth (phantoms, not patients)."""
     if from_nifti is not None:
@@ -31,6 +37,12 @@ def synth(
         s = nifti_to_dicom(from_nifti, out, patient_id=patient_id, series_description=series_description)
         typer.echo(f"wrote {len(s.files)} MR instances ({s.shape[2]}x{s.shape[1]}x{s.shape[0]}, spacing "
                    f"{'x'.join(f'{v:g}' for v in s.spacing)} mm) of series {s.series_uid} into {out}")
+        if reference_mask is not None:
+            from radstream.synth.nifti import nifti_mask_to_seg
+
+            if reference_seg is None:
+                raise typer.BadParameter("--reference-mask needs --reference-seg PATH (outside OUT)")
+            typer.echo(f"wrote {nifti_mask_to_seg(reference_mask, s, reference_seg, label=mask_label)}")
         return
     from radstream.synth import SynthConfig, synthesize
 

@@ -68,6 +68,9 @@ def reader_order(settings: Settings, reader: str, case_id: str, hashes: list[str
 
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# reference: a validation set's ground truth, compared with each pipeline's results by `radstream report`
+# and never shown to readers as one of a blinded case's segmentations
+SOURCE_KINDS = ("human", "model", "reference")
 AE_TITLE = re.compile(r"^[ -\[\]-~]{1,16}$")  # printable ASCII without backslash
 
 
@@ -79,8 +82,8 @@ def add_source(conn: psycopg.Connection[Any], name: str, *, kind: str = "human",
         raise ValueError("a source name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     if ae is not None and not AE_TITLE.match(ae):
         raise ValueError("a calling AE title is 1-16 printable ASCII characters without backslash")
-    if kind not in ("human", "model"):
-        raise ValueError("kind must be human or model")
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}")
     try:
         with conn.transaction():
             conn.execute("INSERT INTO seg_sources (name, kind, calling_ae_title, description, created_by) "

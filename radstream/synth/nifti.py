@@ -136,3 +136,45 @@ def nifti_to_dicom(path: Path, out: Path, *, patient_id: str = "NIFTI-0001", pat
     return NiftiSeries(files, ident.study_uid, series_uid, (int(array.shape[0]), int(array.shape[1]),
                        int(array.shape[2])), spacing, (float(origin[0]), float(origin[1]), float(origin[2])),
                        tuple(float(v) for v in direction.ravel()), (slope, intercept))
+
+
+def nifti_mask_to_seg(mask: Path, series: NiftiSeries, out: Path, *, label: str = "brain",
+                      algorithm: str = "BET", algorithm_version: str = "FSL") -> Path:
+    """Write a NIfTI mask (non-zero = ``label``) of the volume ``series`` was converted from as a DICOM SEG
+    on that series (e.g. Colin27's ``ch2bet.nii.gz``, FSL BET's brain mask, as a reference segmentation
+    to send by C-STORE from a reference source's AE title). The mask must share the volume's grid."""
+    import highdicom as hd
+    import pydicom
+    import SimpleITK as sitk
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from radstream import __version__
+    from radstream.consumers.operators.dicom_out import SEGMENT_CODES, TISSUE
+
+    img = read_nifti(mask)
+    labels = sitk.GetArrayFromImage(img) != 0  # slices, rows, columns, in the series' order
+    if tuple(int(v) for v in labels.shape) != series.shape or not np.allclose(img.GetOrigin(), series.origin,
+                                                                              atol=1e-3) \
+            or not np.allclose(img.GetSpacing(), series.spacing, atol=1e-4) \
+            or not np.allclose(img.GetDirection(), series.direction, atol=1e-4):
+        raise ValueError(f"{mask}: not on the grid of series {series.series_uid} ({labels.shape} vs {series.shape})")
+    datasets = [pydicom.dcmread(p) for p in series.files]
+    category, typ = SEGMENT_CODES.get(label, (TISSUE, TISSUE))
+    # BET (which made ch2bet) fits a deformable surface model
+    algo = hd.AlgorithmIdentificationSequence(name=algorithm[:64], family=codes.cid7162.DeformableModels,
+                                              version=algorithm_version)
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=label, segmented_property_category=category, segmented_property_type=typ,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algo)
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=labels.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[description],
+        series_instance_uid=generate_uid(), series_number=900, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="radstream", manufacturer_model_name="radstream synth --reference-mask",
+        software_versions=__version__, device_serial_number="0",
+        series_description=f"REFERENCE SEG {Path(mask).name}"[:64], content_label="REFERENCE",
+        content_description=f"{label} mask from {Path(mask).name}"[:64])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out)
+    return out

@@ -32,6 +32,9 @@ from radstream.web.images import seg_labels
 from radstream.web.viewer import ViewCache, load_view
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# a reference source's segmentations (a validation set's ground truth) are for `radstream report`, not readers
+_NOT_REFERENCE = ("AND NOT EXISTS (SELECT 1 FROM seg_sources r WHERE r.name = segmentations.source "
+                  "AND r.kind = 'reference')")
 RATINGS = {1: "1 unusable", 2: "2 major edits needed", 3: "3 minor edits needed", 4: "4 usable after small edits",
            5: "5 usable as is"}
 
@@ -51,7 +54,7 @@ def _seg_volumes(path: Path) -> dict[str, float]:
     return {k: round(v, 3) for k, v in seg_volume_ml(path)[1].items()}
 
 
-def _model_volumes(web: ViewCache, conn: psycopg.Connection[Any], res: dict[str, Any]) -> dict[str, float]:
+def model_volumes(web: ViewCache, conn: psycopg.Connection[Any], res: dict[str, Any]) -> dict[str, float]:
     """The model's volumes measured from its SEG, as every human segmentation's are (one method for all
     sources, so the numbers cannot tell them apart); the result's measurements if the SEG is unreadable."""
     try:
@@ -72,10 +75,11 @@ def case_segmentations(web: ViewCache, conn: psycopg.Connection[Any], res: dict[
     items: dict[str, CaseSegmentation] = {}
     if res.get("seg_uri"):
         items[res["blinding_hash"]] = CaseSegmentation(res["blinding_hash"], res["seg_uri"],
-                                                       _model_volumes(web, conn, res))
+                                                       model_volumes(web, conn, res))
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("""SELECT blinding_hash, seg_uri, volumes_ml, source FROM segmentations
-                       WHERE status = 'valid' AND study_instance_uid = %s AND series_instance_uid = ANY(%s)""",
+                       WHERE status = 'valid' AND study_instance_uid = %s AND series_instance_uid = ANY(%s)
+                         """ + _NOT_REFERENCE,
                     (res["study_instance_uid"], series))
         for row in cur.fetchall():
             items[row["blinding_hash"]] = CaseSegmentation(row["blinding_hash"], row["seg_uri"],
@@ -97,7 +101,8 @@ def is_study_case(conn: psycopg.Connection[Any], res: dict[str, Any]) -> bool:
     if not res.get("blinding_hash"):
         return False
     row = conn.execute("""SELECT 1 FROM segmentations WHERE status IN ('valid', 'pending')
-                          AND study_instance_uid = %s AND series_instance_uid = ANY(%s) LIMIT 1""",
+                          AND study_instance_uid = %s AND series_instance_uid = ANY(%s) """ + _NOT_REFERENCE
+                       + " LIMIT 1",
                        (res["study_instance_uid"], list(res.get("series_instance_uids") or []))).fetchone()
     return row is not None
 

@@ -6,13 +6,18 @@ Colin27 (Debian ``mricron-data``) goes in by C-STORE (dcmtk's ``storescu``) as t
 deepbet's two networks (ONNX rebuilt from the weights in its PyPI wheel, ``radstream triton build
 --deepbet``, cached) run behind a real Triton server; the worker answers with a DICOM SEG (the brain
 mask) and an SR (the brain volume), and the results sink writes the result row and its measurement,
-read here from PostgreSQL. The mask is compared with
-``ch2bet.nii.gz``, the brain mask shipped with Colin27 (made with FSL's BET, not by deepbet): deepbet's
-own ``run_bet`` gives Dice 0.936 and 1956 mL against ch2bet's 1737 mL on it (README, "A real model"),
-so the bounds here are deepbet's own figures, not the 0.95 / 3 % the issue hoped for."""
+read here from PostgreSQL and the result page. The mask is compared with
+``ch2bet.nii.gz``, the brain mask shipped with Colin27 (made with FSL's BET, not by deepbet), twice:
+here voxel by voxel, and as a user does it — ch2bet written as a DICOM SEG on the series, sent by
+C-STORE from a reference source's AE title, and ``radstream report`` giving the pipeline's Dice
+against it. deepbet's own ``run_bet`` gives Dice 0.936 and 1956 mL against ch2bet's 1737 mL on it
+(README, "A real model"), so the bounds here are deepbet's own figures, not the 0.95 / 3 % the issue
+hoped for."""
 
 from __future__ import annotations
 
+import csv
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -28,8 +33,8 @@ from radstream.bench.stack import BenchStack, StackConfig
 from radstream.models import deepbet
 from radstream.models.build import build_repository
 from radstream.store import path_for_uri
-from radstream.synth.nifti import nifti_to_dicom
-from tests.integration.story_support import view
+from radstream.synth.nifti import nifti_mask_to_seg, nifti_to_dicom
+from tests.integration.story_support import PASSWORD, Browser, cells, cli, view
 from tests.integration.test_infer_pipelines import _dciodvfy_errors
 from tests.waiting import eventually
 
@@ -48,10 +53,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchStack]:
     build_repository(repo)
     deepbet.build_repository(repo)  # the wheel from PyPI once, into ~/.cache/radstream/deepbet
     st = BenchStack(tmp_path_factory.mktemp("deepbet-stack"),
-                    StackConfig(topic_prefix="bet", pipelines=(PIPELINE,), triton_repository=repo,
+                    StackConfig(topic_prefix="bet", pipelines=(PIPELINE,), triton_repository=repo, web=True,
                                 extra_env={"RADSTREAM_TRITON__REQUEST_TIMEOUT_S": "300"}))
     try:
         st.up()
+        cli(st, "users", "add", "reader1", "--role", "reader", "--password-stdin", stdin=PASSWORD + "\n")
+        cli(st, "study", "sources", "add", "ch2bet", "--kind", "reference", "--ae", "REF-BET",
+            "--description", "FSL BET brain mask shipped with Colin27")
         yield st
     finally:
         st.down()
@@ -65,11 +73,9 @@ def test_colin27_brain_extraction(stack: BenchStack, tmp_path: Path) -> None:
     assert (TEMPLATES / "ch2.nii.gz").exists(), "Debian mricron-data is not installed: run scripts/bootstrap.sh"
     series = nifti_to_dicom(TEMPLATES / "ch2.nii.gz", tmp_path / "dcm", patient_id="COLIN27",
                             series_description="T1 3D Colin27")
-    storescu = shutil.which("storescu")
-    assert storescu, "dcmtk's storescu is needed (scripts/bootstrap.sh installs it)"
-    out = subprocess.run([storescu, "-aet", "MR01", "-aec", "RADSTREAM", "127.0.0.1", str(stack.dicom_port),
-                          *(str(f) for f in series.files)], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
+    reference = nifti_mask_to_seg(TEMPLATES / "ch2bet.nii.gz", series, tmp_path / "ch2bet-seg.dcm")
+    _storescu(stack, "MR01", series.files)
+    _storescu(stack, "REF-BET", [reference])  # the reference source's segmentation tool
 
     def row() -> dict[str, Any] | None:
         rows = view(stack, "SELECT * FROM results WHERE study_instance_uid = %s AND pipeline = %s",
@@ -105,6 +111,37 @@ def test_colin27_brain_extraction(stack: BenchStack, tmp_path: Path) -> None:
     sr = hd.sr.srread(path_for_uri(res["sr_uri"], stack.settings.store_root))
     assert len(sr.content.get_volumetric_roi_measurement_groups()) == 1
     assert not _dciodvfy_errors(path_for_uri(res["sr_uri"], stack.settings.store_root))
+
+
+    # what a user sees: the validation figures against the reference, and the result page
+    # registered by the feedback sink (pending until its series is indexed: the report checks it then)
+    eventually(lambda: view(stack, "SELECT 1 FROM segmentations WHERE source = 'ch2bet' AND status <> 'refused'"),
+               timeout=60, interval=1.0, what="the reference SEG registered")
+    report = cli(stack, "report", "--pipeline", PIPELINE, "--csv", str(tmp_path / "report.csv"))
+    print(report)
+    m = re.search(r"ch2bet / brain: 1 exams, Dice ([0-9.]+) \(min [0-9.]+\), volume ([0-9.]+) mL vs ([0-9.]+) mL "
+                  r"\(([+-][0-9.]+) %\)", report)
+    assert m, report
+    assert abs(float(m.group(1)) - d) < 1e-3 and abs(float(m.group(2)) - volume) < 0.5, report
+    assert abs(float(m.group(3)) - ref_ml) < 0.5, report
+    assert "exams processed  1" in report
+    rows = list(csv.DictReader((tmp_path / "report-reference.csv").open()))
+    assert [(r["reference"], r["label"], r["exams"]) for r in rows] == [("ch2bet", "brain", "1")]
+    page = Browser(stack.web_url, "reader1").get(f"/results/{res['result_id']}")
+    assert page.status_code == 200
+    measured = {row[1]: row for row in cells(page.text, "measurements-table")}  # name, label, value, unit
+    assert "brain" in measured and measured["brain"][3] == "mL", measured
+    assert abs(float(measured["brain"][2].replace(",", "")) - volume) < 0.5, measured
+    assert "ch2bet" not in page.text  # a reference is for the report, not for readers
+
+
+def _storescu(stack: BenchStack, calling_ae: str, files: list[Path]) -> None:
+    storescu = shutil.which("storescu")
+    assert storescu, "dcmtk's storescu is needed (scripts/bootstrap.sh installs it)"
+    # -R: propose only the SOP classes of the files (a SEG is not among storescu's defaults)
+    out = subprocess.run([storescu, "-R", "-aet", calling_ae, "-aec", "RADSTREAM", "127.0.0.1", str(stack.dicom_port),
+                          *(str(f) for f in files)], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _sop_uids(files: list[Path]) -> list[str]:

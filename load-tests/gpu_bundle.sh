@@ -6,6 +6,7 @@
 #                     libraries and stubs of other Python versions)
 #   .gpu/jre.tar.xz   a Java 17 runtime made by jlink from this machine's JDK
 #   .cache/kafka/libs the Kafka jars (radstream dev fetches them with Maven)
+#   .gpu/deepbet-*.whl deepbet's wheel (the real network's weights) for load-tests/gpu_deepbet.py
 # Run here (make bootstrap first):  bash load-tests/gpu_bundle.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +38,7 @@ jdk=${JDK17:-/usr/lib/jvm/java-17-openjdk-amd64}
   --strip-debug --no-man-pages --no-header-files --compress=0 --output "$work/jre"
 tar cf - -C "$work" jre | xz -T0 -9 > .gpu/jre.tar.xz
 .venv/bin/python -c "from radstream.devenv.kafka import ensure_jars; print(ensure_jars())"
+# deepbet's wheel (its weights) for gpu_deepbet.py: never committed, carried in .gpu/
+.venv/bin/python -c "from pathlib import Path; from radstream.models.deepbet import fetch_wheel; import shutil; \
+shutil.copy(fetch_wheel(), Path('.gpu'))"
 du -sh .gpu/* .cache/kafka/libs

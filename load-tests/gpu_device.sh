@@ -2,6 +2,7 @@
 # Runs on the GPU machine (see load-tests/gpu_bundle.sh for what it needs beside the repository).
 #   bash load-tests/gpu_device.sh setup   unpack .gpu/*.tar.xz into $GPU_ROOT, report what is there
 #   bash load-tests/gpu_device.sh run     the check (load-tests/gpu_check.py), JSON into $OUT
+#   bash load-tests/gpu_device.sh deepbet the real network on the GPU vs the CPU (load-tests/gpu_deepbet.py)
 # The repository's package folders are linked into radstream/ (as the installed package maps
 # them), and a .pth file in the interpreter's site-packages names the unpacked dependencies and
 # the repository: Triton's Python-backend stubs start with their own environment (no PYTHONPATH).
@@ -39,5 +40,10 @@ run)
   link
   shift || true
   $PY load-tests/gpu_check.py --out "${OUT:-var/gpu_check}" "$@"
+  ;;
+deepbet)
+  link
+  shift || true
+  $PY load-tests/gpu_deepbet.py --wheel .gpu/deepbet-1.0.2-py3-none-any.whl --out "${OUT:-var/gpu_deepbet}" "$@"
   ;;
 esac

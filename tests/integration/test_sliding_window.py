@@ -238,3 +238,21 @@ def test_argmax_drops_the_batch_axis_and_picks_the_class(tmp_path: Path) -> None
     assert np.array_equal(ctx.model_outputs[0], (probs[0, 1] > probs[0, 0]).astype(np.uint8))
     with pytest.raises(Exception, match="extra"):
         Argmax(settings, spec, {"axis": 1})  # typed params, unknown keys refused
+
+
+@pytest.mark.slow
+def test_a_512x512x400_volume_stays_within_its_memory_budget() -> None:
+    """The sliding window over 512x512x400 float32 (400 MB) in a fresh process: peak RSS within 2.5 GB
+    (the input, two classes' accumulators, the weights and the label map; measured 2.0 GB), labels
+    equal to the whole-volume answer of the pointwise model."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "load-tests" / "sliding_window_memory.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = json.loads(out.stdout)
+    assert row["shape"] == [400, 512, 512] and row["input_mb"] == 400.0
+    assert row["agreement_with_whole_volume"] == 1.0
+    assert row["peak_rss_mb"] < 2560, row

@@ -10,6 +10,7 @@ built to be right on the synthetic studies; they are not clinical models.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -22,6 +23,12 @@ from radstream.settings import Settings
 
 KIND_PIPELINE = {"brain_mr": "brain-tumour", "liver_ct": "liver", "pelvis_dx": "hip-fracture"}
 VOLUME_TOLERANCE_PCT = 3.0
+# A real network on a real image: deepbet on Colin27 (Debian mricron-data), compared with the BET mask
+# shipped with it, sent as a reference segmentation. deepbet's own run_bet gives Dice 0.936 against it.
+COLIN27 = Path("/usr/share/mricron/templates")
+BRAIN_EXTRACTION = "brain-extraction"
+REFERENCE_SOURCE, REFERENCE_AE = "ch2bet", "DEMO-REF-BET"
+COLIN27_MIN_DICE = 0.93
 
 
 @dataclass
@@ -34,6 +41,7 @@ class DemoPlan:
     series_quiet_s: float = 5.0
     patient_quiet_s: float = 10.0
     timeout_s: float = 900.0
+    colin27: bool = True  # also deepbet brain extraction on Colin27 (when mricron-data is installed)
 
 
 @dataclass
@@ -231,6 +239,67 @@ def blinded_study(settings: Settings, studies: list[dict[str, Any]], folder: Pat
     return ok, format_study_report(report)
 
 
+@dataclass(frozen=True)
+class RealExam:
+    """Colin27 as a DICOM series, its reference SEG (ch2bet), and where deepbet's models are served from."""
+
+    files: list[Path]
+    study_uid: str
+    reference_seg: Path
+    repository: Path
+
+
+def prepare_colin27(folder: Path) -> RealExam:
+    """Colin27 written as DICOM with its reference SEG, and a model repository with the reference models
+    and deepbet's networks (its wheel fetched from PyPI once into the cache)."""
+    from radstream.models import deepbet
+    from radstream.models.build import build_repository
+    from radstream.synth.nifti import nifti_mask_to_seg, nifti_to_dicom
+
+    repository = folder / "triton"
+    if not (repository / deepbet.BRAIN_MODEL).exists():
+        build_repository(repository)
+        deepbet.build_repository(repository)
+    series = nifti_to_dicom(COLIN27 / "ch2.nii.gz", folder / "colin27", patient_id="COLIN27",
+                            patient_name="COLIN^27", series_description="T1 3D Colin27")
+    seg = folder / "colin27-reference" / "ch2bet-seg.dcm"
+    if not seg.exists():
+        nifti_mask_to_seg(COLIN27 / "ch2bet.nii.gz", series, seg)
+    return RealExam(series.files, series.study_uid, seg, repository)
+
+
+def real_exam_row(settings: Settings, exam: RealExam) -> Row:
+    """The Colin27 result, its brain volume and its Dice against the reference (ch2bet)."""
+    from radstream.db.connect import connect
+    from radstream.report.reference import reference_pairs
+    from radstream.web.viewer import ImageCache
+
+    row = Row("colin27", BRAIN_EXTRACTION, "COLIN27", 1, "")
+    with connect(settings, autocommit=True) as conn:
+        found = conn.execute("""SELECT r.status, r.study_date, r.reason FROM results r
+                                JOIN v_worklist w USING (result_id)
+                                WHERE r.study_instance_uid = %s AND r.pipeline = %s
+                                  AND w.superseded_by_result_id IS NULL""",
+                             (exam.study_uid, BRAIN_EXTRACTION)).fetchone()
+        if found is None:
+            return row
+        row.status, row.study_date = str(found[0]), str(found[1] or "").replace("-", "")
+        if row.status != "completed":
+            row.note = str(found[2] or "")[:80]
+            return row
+        pairs = [p for p in reference_pairs(ImageCache(settings), conn, BRAIN_EXTRACTION)
+                 if p.study_instance_uid == exam.study_uid and p.reference == REFERENCE_SOURCE]
+    if not pairs:
+        row.status = "waiting"  # the result is there, the reference SEG not registered yet
+        return row
+    p = pairs[0]
+    row.measured = {p.label: p.model_ml}
+    row.ok = p.dice is not None and p.dice >= COLIN27_MIN_DICE
+    row.note = (f"Dice {p.dice:.3f} vs {REFERENCE_SOURCE} (BET; deepbet's own 0.936), "
+                f"{REFERENCE_SOURCE} {p.reference_ml:.1f} mL")
+    return row
+
+
 def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], stop: bool = False) -> bool:
     """Run the whole job; True when every result is there and agrees with the ground truth."""
 
@@ -245,6 +314,16 @@ def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], st
     settings = settings.model_copy(update={"environment": "development"})
     home = Path(settings.home).resolve()
     demo_dir = home / "demo"
+    extra_env: dict[str, str] = {}
+    real: RealExam | None = None
+    if plan.colin27 and (COLIN27 / "ch2.nii.gz").exists():
+        echo("0/6 a real model: deepbet (PyPI wheel -> ONNX) and Colin27 (Debian mricron-data) as DICOM ...")
+        real = prepare_colin27(demo_dir)
+        pipelines = [*settings.pipeline_names(), BRAIN_EXTRACTION]
+        settings = settings.model_copy(update={
+            "pipelines": pipelines, "triton": settings.triton.model_copy(update={"model_repository": real.repository})})
+        extra_env = {"RADSTREAM_PIPELINES": json.dumps(pipelines),
+                     "RADSTREAM_TRITON__MODEL_REPOSITORY": str(real.repository)}
     stack = LocalStack(settings)
     echo("1/6 infrastructure: Kafka (KRaft), PostgreSQL, Triton (CPU, reference models) ...")
     t0 = time.monotonic()
@@ -254,7 +333,7 @@ def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], st
     echo(f"    up in {time.monotonic() - t0:.0f}s")
 
     echo("2/6 radstream processes: ingest, aggregate, dispatch, infer x3, sinks, web ...")
-    started = stack.services.start(radstream_services(settings, demo_env(plan)))
+    started = stack.services.start(radstream_services(settings, {**demo_env(plan), **extra_env}))
     wait_until(lambda: port_open("127.0.0.1", settings.dicom.port), 120, what="the DICOM port")
     wait_until(lambda: port_open(settings.web.host, settings.web.port), 120, what="the web app")
     echo(f"    running: {', '.join(sorted(stack.services.running()))}" + ("" if started else " (already up)"))
@@ -272,6 +351,18 @@ def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], st
         summary = send_paths(files, host="127.0.0.1", port=settings.dicom.port,
                              called_ae=settings.dicom.ae_title, calling_ae="DEMO-SCANNER", associations=2)
         sent_failures += sum(1 for r in summary.results if r.status != 0)
+    if real is not None:
+        from radstream.db.connect import connect
+        from radstream.db.segmentations import add_source
+
+        with connect(settings, autocommit=True) as conn, contextlib.suppress(ValueError):  # an earlier run's
+            add_source(conn, REFERENCE_SOURCE, kind="reference", calling_ae_title=REFERENCE_AE,
+                       description="FSL BET brain mask shipped with Colin27", created_by="demo")
+        for paths, ae in ((real.files, "DEMO-SCANNER"), ([real.reference_seg], REFERENCE_AE)):
+            summary = send_paths([str(f) for f in paths], host="127.0.0.1", port=settings.dicom.port,
+                                 called_ae=settings.dicom.ae_title, calling_ae=ae, associations=2)
+            sent_failures += sum(1 for r in summary.results if r.status != 0)
+            n_files += len(paths)
     echo(f"    sent {n_files} instances, {sent_failures} not acknowledged")
 
     echo(f"5/6 waiting for results (series close after {plan.series_quiet_s:.0f}s quiet, "
@@ -281,6 +372,8 @@ def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], st
     rows: list[Row] = []
     while time.monotonic() < deadline:
         rows = collect(settings, studies)
+        if real is not None:
+            rows.append(real_exam_row(settings, real))
         done = sum(1 for r in rows if r.status != "waiting")
         if done != last:
             echo(f"    results {done}/{len(rows)}")

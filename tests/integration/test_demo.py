@@ -60,7 +60,7 @@ def test_demo_runs_end_to_end_and_agrees_with_the_ground_truth(tmp_path_factory:
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-6000:]
     assert "ALL RESULTS AGREE WITH THE GROUND TRUTH" in out.stdout, log[-6000:]
-    assert "results 9/9" in out.stdout and ", 0 not acknowledged" in out.stdout
+    assert "results 10/10" in out.stdout and ", 0 not acknowledged" in out.stdout
     rows = [line.split() for line in out.stdout.split("6/6 results", 1)[1].splitlines()
             if line.startswith(("brain-tumour ", "liver ", "hip-fracture "))]
     # six brain timepoints (with their changes from baseline and prior), the liver, two hip exams
@@ -69,6 +69,11 @@ def test_demo_runs_end_to_end_and_agrees_with_the_ground_truth(tmp_path_factory:
     assert all(r[4] == "completed" and "✓" in r for r in rows), rows
     changes = [r for r in rows if r[0] == "brain-tumour" and any(v[0] in "+-" and v.endswith("%") for v in r)]
     assert len(changes) == 4, rows  # timepoints 2 and 3 of each patient
+    # the real network on the real image: deepbet on Colin27, its Dice against ch2bet sent as a reference SEG
+    real = [line for line in out.stdout.split("6/6 results", 1)[1].splitlines() if line.startswith("brain-extraction ")]
+    assert len(real) == 1 and "completed" in real[0] and "✓" in real[0], real
+    m = re.search(r"Dice ([0-9.]+) vs ch2bet", real[0])
+    assert m and float(m.group(1)) >= 0.93, real
     # the blinded liver study: both human sources and the model, and the expert agreeing with the model
     study = out.stdout.split("Blinded liver study", 1)[1]
     assert re.search(r"^expert\s+1\s", study, re.M) and re.search(r"^novice\s+1\s", study, re.M), study

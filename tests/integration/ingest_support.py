@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 import warnings
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from radstream.producers.scp import IngestServer
 
 from radstream.devenv.process import free_port
 from radstream.events.codec import codec_for
-from radstream.events.models import Event
+from radstream.events.models import Event, InstanceReceived
 from radstream.settings import Settings
 from radstream.store import path_for_uri
 
@@ -150,3 +151,16 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+def sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def events_by_sop(settings: Settings, expected: int, timeout: float) -> dict[str, list[InstanceReceived]]:
+    """Every InstanceReceived on the instances topic (at least ``expected``), by SOP Instance UID."""
+    out: dict[str, list[InstanceReceived]] = defaultdict(list)
+    for e in consume(settings, settings.topic("instances"), expected, timeout=timeout, settle=2.0):
+        assert isinstance(e, InstanceReceived)
+        out[e.sop_instance_uid].append(e)
+    return out

@@ -57,4 +57,4 @@ def test_settings_thresholds_reach_the_pipelines_table(pg_settings: Settings) ->
         rows = dict(conn.execute("SELECT name, progression_threshold_pct FROM pipelines").fetchall())
         qc = dict(conn.execute("SELECT name, qc_required FROM pipelines").fetchall())
     assert rows["brain-tumour"] == 40.0 and rows["liver"] == 10.0 and rows["hip-fracture"] is None
-    assert qc == {"brain-tumour": False, "liver": False, "hip-fracture": True}
+    assert qc == {"brain-tumour": False, "liver": False, "hip-fracture": True, "brain-extraction": False}

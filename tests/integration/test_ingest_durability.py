@@ -12,10 +12,8 @@ import signal
 import sys
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import pydicom
 import pytest
 from radstream.producers.sample_series import write_series
 from radstream.producers.scu import SendResult, send_paths
@@ -25,22 +23,17 @@ from radstream.devenv.process import ManagedProcess, free_port, port_open
 from radstream.events.models import InstanceReceived
 from radstream.kafka.topics import create_topics
 from radstream.settings import Settings
-from tests.integration.ingest_support import child_env, consume, ingest_settings, running_ingest, stored_bytes
+from tests.integration.ingest_support import (
+    child_env,
+    events_by_sop,
+    ingest_settings,
+    running_ingest,
+    sop_uid,
+    stored_bytes,
+)
 from tests.waiting import eventually
 
 pytestmark = [pytest.mark.kafka, pytest.mark.dicom, pytest.mark.slow]
-
-
-def _sop(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def _events_by_sop(settings: Settings, expected: int, timeout: float) -> dict[str, list[InstanceReceived]]:
-    out: dict[str, list[InstanceReceived]] = defaultdict(list)
-    for e in consume(settings, settings.topic("instances"), expected, timeout=timeout, settle=2.0):
-        assert isinstance(e, InstanceReceived)
-        out[e.sop_instance_uid].append(e)
-    return out
 
 
 def _assert_durable(settings: Settings, acked: set[str], events: dict[str, list[InstanceReceived]]) -> None:
@@ -59,7 +52,7 @@ def _assert_dedupable(events: dict[str, list[InstanceReceived]]) -> None:
 def test_kill9_mid_series_then_resend(kafka_settings: Settings, tmp_path: Path) -> None:
     s = ingest_settings(kafka_settings)
     files = write_series(tmp_path / "series", 200, rows=64, columns=64, seed=11)
-    sops = {f: _sop(f) for f in files}
+    sops = {f: sop_uid(f) for f in files}
     proc = ManagedProcess("ingest", tmp_path / "ingest.pid", tmp_path / "ingest.log")
     argv = [str(Path(sys.executable).parent / "radstream"), "ingest", "--log-level", "WARNING"]
     env = child_env(s)
@@ -90,10 +83,10 @@ def test_kill9_mid_series_then_resend(kafka_settings: Settings, tmp_path: Path) 
     start()
     try:
         # before any resend: every instance acknowledged before the crash has bytes and an event
-        _assert_durable(s, acked, _events_by_sop(s, len(acked), timeout=30))
+        _assert_durable(s, acked, events_by_sop(s, len(acked), timeout=30))
         second = send_paths(files, port=s.dicom.port, associations=2)
         assert second.statuses == {"0x0000": 200}, second.line()
-        events = _events_by_sop(s, 200, timeout=60)
+        events = events_by_sop(s, 200, timeout=60)
         assert set(events) == set(sops.values())
         _assert_durable(s, set(sops.values()), events)
         _assert_dedupable(events)
@@ -117,7 +110,7 @@ def test_kafka_outage_of_30s_during_a_send(base_settings: Settings, tmp_path: Pa
         with running_ingest(s) as server:
             def on_result(r: SendResult) -> None:
                 if r.ok:
-                    acked.add(_sop(r.path))
+                    acked.add(sop_uid(r.path))
                 time.sleep(0.03)  # a modality's pace, so the outage lands mid-send
 
             def stop_kafka() -> None:
@@ -141,7 +134,7 @@ def test_kafka_outage_of_30s_during_a_send(base_settings: Settings, tmp_path: Pa
             kafka.start()
             eventually(lambda: server.publisher is not None and server.publisher.backlog == 0, timeout=90,
                        what="the outbox to drain")
-            events = _events_by_sop(s, len(acked), timeout=60)
+            events = events_by_sop(s, len(acked), timeout=60)
         assert len(acked) == len(before) + len(during)
         _assert_durable(s, acked, events)
         _assert_dedupable(events)

@@ -16,10 +16,8 @@ import socket
 import sys
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
-import pydicom
 import pytest
 from radstream.producers.pool import pending_events, slot_outbox_path
 from radstream.producers.sample_series import write_series
@@ -28,7 +26,14 @@ from radstream.producers.scu import SendResult, send_paths
 from radstream.devenv.process import ManagedProcess, free_port, port_open
 from radstream.events.models import InstanceReceived
 from radstream.settings import Settings
-from tests.integration.ingest_support import child_env, consume, ingest_settings, running_ingest, stored_bytes
+from tests.integration.ingest_support import (
+    child_env,
+    events_by_sop,
+    ingest_settings,
+    running_ingest,
+    sop_uid,
+    stored_bytes,
+)
 from tests.integration.observability_support import metric
 from tests.waiting import eventually
 
@@ -99,18 +104,6 @@ class Pool:
         return int(m.group(1)) if m else None
 
 
-def _sop(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def _events_by_sop(settings: Settings, expected: int, timeout: float) -> dict[str, list[InstanceReceived]]:
-    out: dict[str, list[InstanceReceived]] = defaultdict(list)
-    for e in consume(settings, settings.topic("instances"), expected, timeout=timeout, settle=2.0):
-        assert isinstance(e, InstanceReceived)
-        out[e.sop_instance_uid].append(e)
-    return out
-
-
 def _assert_once_each(settings: Settings, acked: set[str], events: dict[str, list[InstanceReceived]]) -> int:
     """Every acked SOP instance has an event, one event identity, its bytes in the store; returns the copies."""
     missing = acked - set(events)
@@ -127,7 +120,7 @@ def test_two_processes_share_the_port_and_publish_each_instance_once(kafka_setti
                                                                       tmp_path: Path) -> None:
     s = ingest_settings(kafka_settings)
     files = write_series(tmp_path / "series", 160, rows=64, columns=64, seed=31)
-    sops = {f: _sop(f) for f in files}
+    sops = {f: sop_uid(f) for f in files}
     pool = Pool(s, tmp_path)
     pool.start()
     try:
@@ -138,7 +131,7 @@ def test_two_processes_share_the_port_and_publish_each_instance_once(kafka_setti
         served = {slot: pool.instances(slot) for slot in (0, 1)}
         assert sum(served.values()) == len(files), served
         assert all(n > 0 for n in served.values()), f"one process served everything: {served}"
-        events = _events_by_sop(s, len(files), timeout=60)
+        events = events_by_sop(s, len(files), timeout=60)
         assert set(events) == set(sops.values())
         assert _assert_once_each(s, set(sops.values()), events) == 0, "duplicate events without any fault"
     finally:
@@ -150,7 +143,7 @@ def test_two_processes_share_the_port_and_publish_each_instance_once(kafka_setti
 def test_kill9_of_one_process_while_senders_keep_sending(kafka_settings: Settings, tmp_path: Path) -> None:
     s = ingest_settings(kafka_settings)
     files = write_series(tmp_path / "series", 240, rows=64, columns=64, seed=32)
-    sops = {f: _sop(f) for f in files}
+    sops = {f: sop_uid(f) for f in files}
     # events wait up to 1.5 s in the outbox between batches: the killed process leaves some behind
     pool = Pool(s, tmp_path, RADSTREAM_INGEST__OUTBOX_LINGER_MS="1500")
     pool.start()
@@ -190,7 +183,7 @@ def test_kill9_of_one_process_while_senders_keep_sending(kafka_settings: Setting
         assert waiting is not None and waiting > 0, "the killed process left nothing in its outbox to drain"
         eventually(lambda: pending_events_gone(s, slot), timeout=60,
                    what="the replacement to drain its outbox")
-        events = _events_by_sop(s, len(files), timeout=60)
+        events = events_by_sop(s, len(files), timeout=60)
         assert set(events) == set(sops.values())
         copies = _assert_once_each(s, set(sops.values()), events)
         print(f"kill -9 of slot {slot}: {waiting} events left in its outbox, drained by the replacement; "
@@ -219,8 +212,8 @@ def test_the_pool_drains_an_outbox_no_slot_owns(kafka_settings: Settings, tmp_pa
     pool.start()
     try:
         eventually(lambda: pending_events(orphan) == 0, timeout=60, what="the pool to drain the orphan outbox")
-        events = _events_by_sop(s, len(files), timeout=60)
-        assert {e.sop_instance_uid for evs in events.values() for e in evs} == {_sop(f) for f in files}
+        events = events_by_sop(s, len(files), timeout=60)
+        assert {e.sop_instance_uid for evs in events.values() for e in evs} == {sop_uid(f) for f in files}
         assert _assert_once_each(s, set(events), events) == 0
         assert f"sent {left} of {left} events from {orphan}" in pool.log.read_text()
     finally:

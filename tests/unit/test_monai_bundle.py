@@ -188,9 +188,7 @@ def test_whole_volume_bundle(tmp_path: Path) -> None:
 
 
 def deepbet_archive_bytes() -> bytes:
-    wheel = deepbet.DEFAULT_CACHE / deepbet.WHEEL_NAME
-    if not wheel.exists():
-        pytest.skip(f"deepbet's wheel is not cached ({wheel}): radstream triton build --deepbet fetches it")
+    wheel = deepbet.fetch_wheel()  # from PyPI once into the cache (sha256-checked), as `triton build --deepbet`
     with zipfile.ZipFile(wheel) as z:
         return z.read(deepbet.NETWORKS[deepbet.BRAIN_MODEL])
 

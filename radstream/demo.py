@@ -319,7 +319,7 @@ def run_demo(settings: Settings, plan: DemoPlan, echo: Callable[[str], None], st
     if plan.colin27 and (COLIN27 / "ch2.nii.gz").exists():
         echo("0/6 a real model: deepbet (PyPI wheel -> ONNX) and Colin27 (Debian mricron-data) as DICOM ...")
         real = prepare_colin27(demo_dir)
-        pipelines = [*settings.pipeline_names(), BRAIN_EXTRACTION]
+        pipelines = [p for p in settings.pipeline_names() if p != BRAIN_EXTRACTION] + [BRAIN_EXTRACTION]
         settings = settings.model_copy(update={
             "pipelines": pipelines, "triton": settings.triton.model_copy(update={"model_repository": real.repository})})
         extra_env = {"RADSTREAM_PIPELINES": json.dumps(pipelines),

@@ -22,6 +22,9 @@ TRANSIENT_CODES = frozenset({
     KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError.REQUEST_TIMED_OUT,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
     KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+    # librdkafka (2.10+) drops a broker that left the metadata (one restarting in a cluster) with its
+    # requests in flight: asked again, the request goes to the partition's new leader
+    KafkaError._DESTROY_BROKER,
 })
 
 

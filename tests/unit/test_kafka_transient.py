@@ -67,3 +67,12 @@ def test_only_kafka_errors_count_as_transient() -> None:
     assert is_transient(KafkaException(KafkaError(KafkaError._TIMED_OUT)))
     assert not is_transient(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
     assert not is_transient(RuntimeError("timed out"))
+
+
+def test_a_broker_handle_destroyed_under_a_request_is_asked_again() -> None:
+    """librdkafka drops a broker that left the metadata with its requests (seen on a 3-broker cluster: the
+    dispatcher's watermark request during a rebalance failed with _DESTROY_BROKER and the process exited)."""
+    clock = FakeClock()
+    call = failing([KafkaError._DESTROY_BROKER])
+    assert retry_transient("watermark offsets", call, sleep=clock.sleep, clock=clock) == "ok"
+    assert clock.sleeps == [0.5]
